@@ -1,0 +1,36 @@
+# One entry point for people and CI. `make test` installs into .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: test lint typecheck unit integration watch bench clean
+
+$(BIN)/pytest: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: $(BIN)/pytest
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/pytest
+	$(BIN)/mypy
+
+unit: $(BIN)/pytest
+	$(BIN)/pytest tests/unit
+
+integration: $(BIN)/pytest
+	$(BIN)/pytest tests/integration
+
+## The test command: lint, types, then every test.
+test: lint typecheck
+	$(BIN)/pytest
+
+## The main job: watch the time in the shared page (starts a private driver if none runs).
+watch: $(BIN)/pytest
+	$(BIN)/sharingmemory watch
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,422 @@
+"""The driver: dispatch table, per-handle contexts, the shared page and its timer. No sockets.
+
+Theory of operation. Everything that decides what the device does lives here; the server only
+moves bytes and fds. The seed's `DriverEntry` fills `MajorFunction[...]`; ours is the table
+`_DISPATCH` below, and IOCTL codes have their own table `_IOCTLS`.
+
+Handles. The server calls `connect()` for each accepted connection and gets a `Handle` in state
+NEW. Requests move it along NEW -(CREATE)-> OPEN -(CLEANUP)-> CLEANED -(CLOSE)-> CLOSED; a
+request not allowed in the current state is refused with a status and changes nothing. When the
+connection drops for any reason, the server calls `disconnect()`, which performs whatever
+CLEANUP and CLOSE the client did not send. Every path ends in the same `_cleanup`.
+
+The page. One page per driver, shared by every handle that mapped it. It is created by the first
+`IOCTL_GIVE_ME_YOUR_MEMORY`, written at once (the seed calls UpdateTime before IoStartTimer),
+then at every deadline of the timer. Invariant: the page exists if and only if at least one
+handle is mapped, and the timer runs if and only if the page exists. When the last mapped
+handle goes, the driver writes state=stopped, stops the timer and frees the page.
+
+The timer. The driver does not sleep or own a thread: it exposes `timer_deadline` (an absolute
+CLOCK_MONOTONIC instant, or None) and the event loop calls `on_timer(now)` when it passes.
+Deadlines advance by whole intervals from the first one, so the tick never drifts; when the loop
+was so late that deadlines were missed, they are skipped (counted as late), not bunched up.
+
+Concurrency: none. The driver is called from one thread, the server's event loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from ._ioctl import FILE_READ_DATA, FILE_WRITE_DATA, IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS, VALID_ACCESS_MASK, required_access
+from ._memfd import SealedMemory
+from ._page import PAGE_SIZE, STATE_RUNNING, STATE_STOPPED, PageWriter, utc_offset_to_bias
+from ._protocol import STATUS_STRUCT_SIZE, DriverStatus, MajorFunction, Request, encode_driver_status
+from ._status import NtStatus
+
+log = logging.getLogger("sharingmemory.driver")
+
+MIN_INTERVAL_NS = 1_000_000
+DEFAULT_INTERVAL_NS = 1_000_000_000
+_POINTER = struct.Struct("<Q")
+
+
+class Credentials(NamedTuple):
+    """The peer of a connection, as SO_PEERCRED reports it at connect time."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class Completion(NamedTuple):
+    """How an IRP completed. `fd`, when set, is owned by the receiver of the Completion, which
+    must send it and close it; `close_connection` asks the server to drop the connection after
+    sending the reply."""
+
+    status: int
+    information: int = 0
+    output: bytes = b""
+    fd: int | None = None
+    close_connection: bool = False
+
+
+class HandleState(enum.Enum):
+    """Where a handle is in NEW -> OPEN -> CLEANED -> CLOSED."""
+
+    NEW = "new"
+    OPEN = "open"
+    CLEANED = "cleaned"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class Handle:
+    """The per-handle context (the seed's file object): who opened it, with what access, and
+    whether it holds the page. Created by `Driver.connect`, driven only by the driver."""
+
+    handle_id: int
+    credentials: Credentials
+    state: HandleState = HandleState.NEW
+    granted_access: int = 0
+    mapped: bool = False
+
+
+class Clock(Protocol):
+    """Where the driver gets time from; a fake in unit tests, `SystemClock` in the daemon."""
+
+    def monotonic_ns(self) -> int: ...
+
+    def now(self) -> tuple[int, int, int]:
+        """(CLOCK_REALTIME ns, CLOCK_MONOTONIC ns, Windows time-zone bias), read together."""
+        ...
+
+
+class SystemClock:
+    """The real clocks; the bias comes from the C library's local time, so TZ is respected and
+    a DST change shows at the first tick after it."""
+
+    def monotonic_ns(self) -> int:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    def now(self) -> tuple[int, int, int]:
+        realtime_ns = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        monotonic_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        bias = utc_offset_to_bias(time.localtime(realtime_ns // 1_000_000_000).tm_gmtoff)
+        return realtime_ns, monotonic_ns, bias
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may open the device: these uids, or members (primary gid) of these gids. Root always."""
+
+    uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
+    gids: frozenset[int] = frozenset()
+
+    def allows(self, cred: Credentials) -> bool:
+        return cred.uid == 0 or cred.uid in self.uids or cred.gid in self.gids
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """What `serve` can set. Limits are counted over handles in state OPEN or CLEANED."""
+
+    interval_ns: int = DEFAULT_INTERVAL_NS
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
+    max_handles: int = 4096
+    max_handles_per_uid: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.interval_ns < MIN_INTERVAL_NS:
+            raise ValueError(f"interval must be at least 1 ms, not {self.interval_ns} ns")
+        if self.max_handles < 1 or self.max_handles_per_uid < 1:
+            raise ValueError("handle limits must be at least 1")
+
+
+class _Page:
+    """The page while it exists: its memory and its one writer, released together."""
+
+    def __init__(self, memory: SealedMemory, writer: PageWriter) -> None:
+        self.memory = memory
+        self.writer = writer
+
+    def free(self) -> None:
+        self.writer.release()
+        self.memory.close()
+
+
+class Driver:
+    """The SharingMemory device. See the module docstring for the handle and page life cycles."""
+
+    def __init__(
+        self,
+        config: DriverConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        memory_factory: Callable[[], SealedMemory] = SealedMemory,
+        pid: int | None = None,
+        instance_id: bytes | None = None,
+    ) -> None:
+        self.config = config or DriverConfig()
+        self._clock: Clock = clock or SystemClock()
+        self._memory_factory = memory_factory
+        self.pid = os.getpid() if pid is None else pid
+        self.instance_id = os.urandom(16) if instance_id is None else instance_id
+        self._handles: dict[int, Handle] = {}
+        self._next_handle_id = 1
+        self._open_per_uid: dict[int, int] = {}
+        self._mapped = 0  # handles with `mapped` set; kept as a count so no path walks all handles
+        self._page: _Page | None = None
+        self._deadline: int | None = None
+        self._ticks = 0
+        self.late_ticks = 0
+        self.max_lateness_ns = 0
+        self.unloaded = False
+        log.info("driver loaded: pid %d, instance %s, interval %d ns", self.pid, self.instance_id.hex(), self.config.interval_ns)
+
+    # --- connections and the dispatch table ---------------------------------------------------
+
+    def connect(self, credentials: Credentials) -> Handle:
+        """A new connection: a handle in state NEW, not yet counted against any limit."""
+        handle = Handle(self._next_handle_id, credentials)
+        self._next_handle_id += 1
+        self._handles[handle.handle_id] = handle
+        return handle
+
+    def dispatch(self, handle: Handle, request: Request) -> Completion:
+        """Complete one IRP on `handle`; never raises for anything a peer can send."""
+        if self.unloaded:
+            return Completion(NtStatus.STATUS_INVALID_DEVICE_STATE, close_connection=True)
+        allowed = _ALLOWED[handle.state]
+        if request.major not in allowed:
+            status = NtStatus.STATUS_INVALID_DEVICE_STATE if handle.state is HandleState.OPEN else NtStatus.STATUS_INVALID_HANDLE
+            return Completion(status)
+        return _DISPATCH[request.major](self, handle, request)
+
+    def disconnect(self, handle: Handle) -> None:
+        """The connection is gone (closed, peer died): run the CLEANUP and CLOSE it did not send."""
+        if handle.state is HandleState.OPEN:
+            self._cleanup(handle)
+        if handle.state is not HandleState.CLOSED:
+            self._close(handle)
+
+    def _dispatch_create(self, handle: Handle, request: Request) -> Completion:
+        cred, access = handle.credentials, request.code
+        if access == 0 or access & ~VALID_ACCESS_MASK:
+            return Completion(NtStatus.STATUS_INVALID_PARAMETER, close_connection=True)
+        if not self.config.policy.allows(cred):
+            log.info("CREATE refused: uid %d gid %d (pid %d) is not allowed", cred.uid, cred.gid, cred.pid)
+            return Completion(NtStatus.STATUS_ACCESS_DENIED, close_connection=True)
+        if self.open_handles >= self.config.max_handles or self._open_per_uid.get(cred.uid, 0) >= self.config.max_handles_per_uid:
+            log.warning("CREATE refused: handle limit reached (uid %d has %d)", cred.uid, self._open_per_uid.get(cred.uid, 0))
+            return Completion(NtStatus.STATUS_TOO_MANY_OPENED_FILES, close_connection=True)
+        handle.state, handle.granted_access = HandleState.OPEN, access
+        self._open_per_uid[cred.uid] = self._open_per_uid.get(cred.uid, 0) + 1
+        log.debug("handle %d opened by pid %d uid %d, access %s", handle.handle_id, cred.pid, cred.uid, _access_text(access))
+        return Completion(NtStatus.STATUS_SUCCESS)
+
+    def _dispatch_device_control(self, handle: Handle, request: Request) -> Completion:
+        needed = required_access(request.code)
+        if needed & ~handle.granted_access:
+            return Completion(NtStatus.STATUS_ACCESS_DENIED)
+        handler = _IOCTLS.get(request.code)
+        if handler is None:
+            return Completion(NtStatus.STATUS_INVALID_DEVICE_REQUEST)
+        return handler(self, handle, request)
+
+    def _dispatch_cleanup(self, handle: Handle, request: Request) -> Completion:
+        self._cleanup(handle)
+        return Completion(NtStatus.STATUS_SUCCESS)
+
+    def _dispatch_close(self, handle: Handle, request: Request) -> Completion:
+        if handle.state is HandleState.OPEN:
+            self._cleanup(handle)
+        self._close(handle)
+        return Completion(NtStatus.STATUS_SUCCESS, close_connection=True)
+
+    def _cleanup(self, handle: Handle) -> None:
+        """IRP_MJ_CLEANUP: release what the handle holds; the last mapped handle frees the page."""
+        log.debug("handle %d: cleanup", handle.handle_id)
+        if handle.mapped:
+            handle.mapped = False
+            self._mapped -= 1
+            log.debug("handle %d: page reference dropped", handle.handle_id)
+            if self._mapped == 0:
+                self._free_page()
+        uid = handle.credentials.uid
+        self._open_per_uid[uid] -= 1
+        if not self._open_per_uid[uid]:
+            del self._open_per_uid[uid]
+        handle.state = HandleState.CLEANED
+
+    def _close(self, handle: Handle) -> None:
+        handle.state = HandleState.CLOSED
+        self._handles.pop(handle.handle_id, None)
+        log.debug("handle %d closed", handle.handle_id)
+
+    # --- IOCTL handlers -----------------------------------------------------------------------
+
+    def _ioctl_give_me_your_memory(self, handle: Handle, request: Request) -> Completion:
+        """The seed's request: a read-only fd of the page; the output is the length to map."""
+        if request.output_length < _POINTER.size:
+            return Completion(NtStatus.STATUS_BUFFER_TOO_SMALL)
+        created = False
+        try:
+            if self._page is None:
+                self._allocate_page()
+                created = True
+            assert self._page is not None
+            fd = self._page.memory.open_reader_fd()
+        except OSError as err:
+            log.error("IOCTL_GIVE_ME_YOUR_MEMORY failed for handle %d: %s", handle.handle_id, err)
+            if created and self._mapped == 0:
+                self._free_page()
+            return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
+        if not handle.mapped:
+            handle.mapped = True
+            self._mapped += 1
+            log.debug("handle %d: page reference taken (%d mapped)", handle.handle_id, self.mapped_handles)
+        return Completion(NtStatus.STATUS_SUCCESS, _POINTER.size, _POINTER.pack(PAGE_SIZE), fd)
+
+    def _ioctl_query_status(self, handle: Handle, request: Request) -> Completion:
+        """The driver's state. A buffer shorter than the struct gets the prefix that fits and
+        STATUS_BUFFER_OVERFLOW; one that cannot hold the size field gets BUFFER_TOO_SMALL."""
+        if request.output_length < 4:
+            return Completion(NtStatus.STATUS_BUFFER_TOO_SMALL)
+        data = encode_driver_status(self.status())
+        if request.output_length < STATUS_STRUCT_SIZE:
+            cut = data[: request.output_length]
+            return Completion(NtStatus.STATUS_BUFFER_OVERFLOW, len(cut), cut)
+        return Completion(NtStatus.STATUS_SUCCESS, len(data), data)
+
+    # --- the page and its timer ---------------------------------------------------------------
+
+    def _allocate_page(self) -> None:
+        memory = self._memory_factory()
+        try:
+            writer = PageWriter(memory.buffer, interval_ns=self.config.interval_ns, writer_pid=self.pid, instance_id=self.instance_id)
+        except BaseException:
+            memory.close()
+            raise
+        self._page = _Page(memory, writer)
+        log.debug("page allocated")
+        realtime_ns, monotonic_ns, bias = self._clock.now()
+        writer.update(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
+        self._ticks += 1
+        self._deadline = monotonic_ns + self.config.interval_ns
+        log.debug("timer started (%d ns)", self.config.interval_ns)
+
+    def _free_page(self) -> None:
+        page, self._page = self._page, None
+        if page is None:
+            return
+        self._deadline = None
+        log.debug("timer stopped")
+        realtime_ns, monotonic_ns, bias = self._clock.now()
+        page.writer.stop(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
+        page.free()
+        log.debug("page freed")
+
+    @property
+    def timer_deadline(self) -> int | None:
+        """The CLOCK_MONOTONIC instant (ns) of the next tick, or None while no page exists."""
+        return self._deadline
+
+    def on_timer(self, now_monotonic_ns: int | None = None) -> None:
+        """The timer routine: write the page if its deadline has passed, then set the next one."""
+        deadline = self._deadline
+        if deadline is None or self._page is None:
+            return
+        if now_monotonic_ns is None:
+            now_monotonic_ns = self._clock.monotonic_ns()
+        if now_monotonic_ns < deadline:
+            return
+        realtime_ns, monotonic_ns, bias = self._clock.now()
+        self._page.writer.update(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
+        self._ticks += 1
+        interval = self.config.interval_ns
+        lateness = now_monotonic_ns - deadline
+        self.max_lateness_ns = max(self.max_lateness_ns, lateness)
+        if lateness >= interval:
+            self.late_ticks += 1
+        self._deadline = deadline + interval * (lateness // interval + 1)
+
+    # --- introspection and unload -------------------------------------------------------------
+
+    @property
+    def open_handles(self) -> int:
+        """Handles past CREATE and not yet cleaned up (what the limits count)."""
+        return sum(self._open_per_uid.values())
+
+    @property
+    def mapped_handles(self) -> int:
+        """Handles that hold the page; the page exists exactly while this is above zero."""
+        return self._mapped
+
+    @property
+    def page(self) -> PageWriter | None:
+        """The page's writer while the page exists (for tests and the status)."""
+        return None if self._page is None else self._page.writer
+
+    def status(self) -> DriverStatus:
+        """What IOCTL_QUERY_STATUS reports."""
+        page = self._page
+        return DriverStatus(
+            page_state=STATE_STOPPED if page is None else STATE_RUNNING,
+            handles=self.open_handles,
+            mapped_handles=self.mapped_handles,
+            page_allocated=page is not None,
+            timer_running=self._deadline is not None,
+            ticks=self._ticks,
+            interval_ns=self.config.interval_ns,
+            pid=self.pid,
+            instance_id=self.instance_id,
+            late_ticks=self.late_ticks,
+            max_lateness_ns=self.max_lateness_ns,
+        )
+
+    def unload(self) -> None:
+        """DriverUnload: clean up and close every handle, so the page shows state=stopped."""
+        if self.unloaded:
+            return
+        for handle in list(self._handles.values()):
+            self.disconnect(handle)
+        self._free_page()
+        self.unloaded = True
+        log.info("driver unloaded")
+
+
+def _access_text(access: int) -> str:
+    return ("r" if access & FILE_READ_DATA else "") + ("w" if access & FILE_WRITE_DATA else "")
+
+
+_Handler = Callable[[Driver, Handle, Request], Completion]
+
+#: The seed's `pDriverObject^.MajorFunction[...] := @Dispatch...` lines, as one table.
+_DISPATCH: dict[MajorFunction, _Handler] = {
+    MajorFunction.IRP_MJ_CREATE: Driver._dispatch_create,
+    MajorFunction.IRP_MJ_DEVICE_CONTROL: Driver._dispatch_device_control,
+    MajorFunction.IRP_MJ_CLEANUP: Driver._dispatch_cleanup,
+    MajorFunction.IRP_MJ_CLOSE: Driver._dispatch_close,
+}
+
+#: Which major functions each handle state accepts; anything else is refused unchanged.
+_ALLOWED: dict[HandleState, frozenset[MajorFunction]] = {
+    HandleState.NEW: frozenset({MajorFunction.IRP_MJ_CREATE}),
+    HandleState.OPEN: frozenset({MajorFunction.IRP_MJ_DEVICE_CONTROL, MajorFunction.IRP_MJ_CLEANUP, MajorFunction.IRP_MJ_CLOSE}),
+    HandleState.CLEANED: frozenset({MajorFunction.IRP_MJ_CLOSE}),
+    HandleState.CLOSED: frozenset(),
+}
+
+#: IOCTL code -> handler, checked after the access bits of the code.
+_IOCTLS: dict[int, _Handler] = {
+    IOCTL_GIVE_ME_YOUR_MEMORY: Driver._ioctl_give_me_your_memory,
+    IOCTL_QUERY_STATUS: Driver._ioctl_query_status,
+}

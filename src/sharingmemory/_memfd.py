@@ -1,0 +1,117 @@
+"""The page's memory: a sealed, locked memfd of one page (the seed's non-paged pool + MDL).
+
+Theory of operation: `SealedMemory` owns three things, acquired in this order and released in
+the reverse one: the memfd, the driver's writable shared mapping of it, and the mlock on that
+mapping. Seals are added after the driver has mapped it: F_SEAL_SHRINK | F_SEAL_GROW |
+F_SEAL_FUTURE_WRITE | F_SEAL_SEAL. FUTURE_WRITE is the one that lets the driver keep its own
+writable mapping while no one else can ever get one (memfd_create(2), fcntl(2)); plain
+F_SEAL_WRITE would fail with EBUSY while that mapping exists. The seals, not the fd's open mode,
+are what protect the page: any holder of the fd can reopen it through /proc/self/fd/N.
+
+Clients get a separate O_RDONLY descriptor of the same file (`open_reader_fd`), so even the
+fd they receive cannot be used to write; the seals back that up.
+
+This module does no socket I/O and knows nothing of handles: the driver decides when a page
+exists, this module only makes one correctly and frees it completely.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import mmap
+import os
+from typing import Final
+
+from ._page import PAGE_SIZE
+
+log = logging.getLogger("sharingmemory.driver")
+
+MFD_NOEXEC_SEAL: Final = 0x0008  # linux 6.3; refused with EINVAL by older kernels
+F_SEAL_FUTURE_WRITE: Final = 0x0010  # linux 5.1; not exported by Python's fcntl module
+PAGE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.mlock.restype = ctypes.c_int
+
+
+def _memfd_create(name: str) -> int:
+    base = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:
+        return os.memfd_create(name, base | MFD_NOEXEC_SEAL)
+    except OSError as err:
+        if err.errno != 22:  # EINVAL: a kernel without MFD_NOEXEC_SEAL
+            raise
+        return os.memfd_create(name, base)
+
+
+class SealedMemory:
+    """One sealed page: the memfd, the driver's writable mapping, and its lock in RAM.
+
+    `buffer` is the driver's writable view; `close()` is idempotent, never raises, and releases
+    in reverse order (mapping, then fd). A failure half-way through construction releases what
+    was already acquired before the exception leaves.
+    """
+
+    _fd: int = -1
+    _map: mmap.mmap | None = None
+    locked: bool = False
+
+    def __init__(self, name: str = "SharingMemory") -> None:
+        try:
+            self._fd = _memfd_create(name)
+            log.debug("memfd %d created (%d bytes)", self._fd, PAGE_SIZE)
+            os.ftruncate(self._fd, PAGE_SIZE)
+            self._map = mmap.mmap(self._fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            log.debug("memfd %d mapped writable into the driver", self._fd)
+            self.locked = self._lock(self._map)
+            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, PAGE_SEALS)
+            log.debug("memfd %d sealed (shrink, grow, future-write, seal)", self._fd)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _lock(mapping: mmap.mmap) -> bool:
+        """mlock the page as the seed's non-paged pool is; a refusal is a warning, not a failure."""
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))  # temporary export, dropped at once
+        if _libc.mlock(ctypes.c_void_p(address), PAGE_SIZE) == 0:
+            log.debug("page locked in memory (mlock)")
+            return True
+        err = ctypes.get_errno()
+        log.warning("page not locked in memory: mlock failed: %s (see RLIMIT_MEMLOCK)", os.strerror(err))
+        return False
+
+    @property
+    def fd(self) -> int:
+        """The memfd, owned by this object: do not close it; -1 once closed."""
+        return self._fd
+
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The driver's writable mapping; raises ValueError once closed."""
+        if self._map is None:
+            raise ValueError("SealedMemory is closed")
+        return self._map
+
+    def open_reader_fd(self) -> int:
+        """A new O_RDONLY, close-on-exec descriptor of the page for one client; the caller owns it."""
+        if self._fd < 0:
+            raise ValueError("SealedMemory is closed")
+        return os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        """Unmap (which also unlocks) and close the memfd. Idempotent; never raises."""
+        mapping, self._map = self._map, None
+        if mapping is not None:
+            try:
+                mapping.close()
+                log.debug("page unmapped from the driver")
+            except (BufferError, OSError) as err:  # an export still alive: the GC frees it later
+                log.warning("page mapping not closed: %s", err)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+            log.debug("memfd %d closed", fd)

@@ -1,0 +1,224 @@
+"""The shared page: ABI version 1, its seqlock, and FILETIME conversions.
+
+Theory of operation: this module is the executable form of the page table in `docs/page-abi.md`
+(normative; C readers are written from it, `include/sharingmemory/page.h` mirrors it). It works
+over any buffer: a writable `mmap` in the driver, a read-only one in a client, a `bytearray` in a
+unit test. It does no I/O and reads no clock; the driver passes every time value in.
+
+The seqlock: the writer makes `seq` odd, stores the fields at 24..103, makes `seq` even. A reader
+loads `seq`, retries while it is odd, copies the fields, loads `seq` again and retries if it moved.
+With one writer this never blocks the writer and never shows a reader a torn snapshot. A writer
+that dies inside an update leaves `seq` odd forever; the reader gives up after a bounded number of
+tries instead of spinning for ever (`PageTornError`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+from typing import Final, NamedTuple
+
+from ._status import InvalidDeviceState, RevisionMismatch
+
+PAGE_SIZE: Final = 4096
+MAGIC: Final = b"SHMT"
+ABI_MAJOR: Final = 1
+ABI_MINOR: Final = 0
+HEADER_SIZE: Final = 104
+
+STATE_INITIALIZING: Final = 0
+STATE_RUNNING: Final = 1
+STATE_STOPPED: Final = 2
+STATE_NAMES: Final = {STATE_INITIALIZING: "initializing", STATE_RUNNING: "running", STATE_STOPPED: "stopped"}
+
+#: 1970-01-01T00:00:00Z as a FILETIME (100-ns units since 1601-01-01).
+EPOCH_AS_FILETIME: Final = 116444736000000000
+FILETIME_TICKS_PER_SECOND: Final = 10_000_000
+
+SEQ_OFFSET: Final = 16
+_HEADER = struct.Struct("<4sHHII")  # magic, abi_major, abi_minor, page_size, header_size at 0
+_SEQ = struct.Struct("<Q")  # at 16
+# seq plus every field it guards, read in one call so a snapshot costs one unpack (16..103).
+_GUARDED = struct.Struct("<Qqqqqq QQII16s")
+_FIELDS = struct.Struct("<qqqqq QQII16s")  # the guarded fields alone, at 24
+_STATE = struct.Struct("<I")  # at 80
+_STATE_OFFSET: Final = 80
+
+assert _HEADER.size == 16 and _GUARDED.size == HEADER_SIZE - SEQ_OFFSET
+
+#: A reader that sees `seq` odd or moving this many times in a row gives up (PageTornError).
+MAX_READ_ATTEMPTS: Final = 1_000_000
+
+
+class PageTornError(InvalidDeviceState):
+    """The writer stayed inside an update for `MAX_READ_ATTEMPTS` reads in a row.
+
+    Only a writer that died between its two increments of `seq` causes this; a live writer leaves
+    the odd state within microseconds.
+    """
+
+
+class PageSnapshot(NamedTuple):
+    """One consistent copy of the page's fields, named as in the ABI table.
+
+    A plain tuple underneath, so taking a snapshot costs one allocation; the conversions to
+    `datetime` are computed only when asked for.
+    """
+
+    seq: int
+    local_time: int
+    system_time: int
+    time_zone_bias: int
+    realtime_ns: int
+    monotonic_ns: int
+    tick_count: int
+    interval_ns: int
+    state: int
+    writer_pid: int
+    instance_id: bytes
+
+    @property
+    def local_datetime(self) -> _dt.datetime:
+        """The seed's value, local time, as an aware `datetime` in the driver's UTC offset."""
+        return filetime_to_datetime(self.local_time, tz=bias_to_timezone(self.time_zone_bias))
+
+    @property
+    def system_datetime(self) -> _dt.datetime:
+        """The same instant in UTC."""
+        return filetime_to_datetime(self.system_time)
+
+    @property
+    def state_name(self) -> str:
+        """`initializing`, `running`, `stopped`, or `unknown(N)` for a newer driver's state."""
+        return STATE_NAMES.get(self.state, f"unknown({self.state})")
+
+
+def _tuple_new(fields: tuple[object, ...]) -> PageSnapshot:
+    return tuple.__new__(PageSnapshot, fields)  # type: ignore[type-var]
+
+
+_make_snapshot = _tuple_new
+
+
+def check_header(buffer: object) -> None:
+    """Refuse a buffer that is not an ABI-1 page: wrong magic, major version, size or header.
+
+    Raises RevisionMismatch, whose message says what was found; a newer minor is accepted.
+    """
+    view = memoryview(buffer)  # type: ignore[arg-type]
+    if len(view) < PAGE_SIZE:
+        raise RevisionMismatch(f"page is {len(view)} bytes, the ABI needs {PAGE_SIZE}")
+    magic, major, _minor, page_size, header_size = _HEADER.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise RevisionMismatch(f"page magic is {magic!r}, expected {MAGIC!r}")
+    if major != ABI_MAJOR:
+        raise RevisionMismatch(f"page ABI major version is {major}, this reader knows {ABI_MAJOR}")
+    if page_size != PAGE_SIZE or not HEADER_SIZE <= header_size <= PAGE_SIZE:
+        raise RevisionMismatch(f"page declares page_size={page_size} header_size={header_size}")
+
+
+def read_snapshot(buffer: object) -> PageSnapshot:
+    """A consistent snapshot of the page, by the seqlock protocol; never blocks the writer.
+
+    `buffer` supports the buffer protocol (mmap, bytes, memoryview). The header is not re-checked
+    here: check it once with `check_header` when the page is mapped.
+    """
+    unpack_guarded = _GUARDED.unpack_from
+    unpack_seq = _SEQ.unpack_from
+    for _ in range(MAX_READ_ATTEMPTS):
+        fields = unpack_guarded(buffer, SEQ_OFFSET)  # type: ignore[arg-type]
+        seq = fields[0]
+        if seq & 1 == 0 and unpack_seq(buffer, SEQ_OFFSET)[0] == seq:  # type: ignore[arg-type]
+            return _make_snapshot(fields)
+    raise PageTornError("the page writer did not finish an update (driver died mid-write?)")
+
+
+class PageWriter:
+    """The single writer of one page. Not thread-safe: one writer per page is the seqlock's rule.
+
+    The writer keeps its own copy of `seq` and `tick_count`, so it never reads the page back and
+    a client can never steer it by what the page holds.
+    """
+
+    __slots__ = ("_buffer", "_seq", "_tick_count", "_interval_ns", "_writer_pid", "_instance_id")
+
+    def __init__(self, buffer: object, *, interval_ns: int, writer_pid: int, instance_id: bytes) -> None:
+        """Zero the page and write the header with state=initializing and seq 0."""
+        view = memoryview(buffer)  # type: ignore[arg-type]
+        if view.readonly or len(view) != PAGE_SIZE:
+            raise ValueError(f"PageWriter needs a writable buffer of {PAGE_SIZE} bytes")
+        if len(instance_id) != 16:
+            raise ValueError("instance_id must be 16 bytes")
+        self._buffer = view
+        self._seq = 0
+        self._tick_count = 0
+        self._interval_ns = interval_ns
+        self._writer_pid = writer_pid
+        self._instance_id = bytes(instance_id)
+        view[:] = bytes(PAGE_SIZE)
+        _HEADER.pack_into(view, 0, MAGIC, ABI_MAJOR, ABI_MINOR, PAGE_SIZE, HEADER_SIZE)
+        self._store(0, 0, 0, 0, STATE_INITIALIZING)
+
+    @property
+    def tick_count(self) -> int:
+        """Updates written so far (the first `update` makes it 1)."""
+        return self._tick_count
+
+    def update(self, *, realtime_ns: int, monotonic_ns: int, time_zone_bias: int) -> None:
+        """Write one tick: the instant `realtime_ns` with its local-time bias, state=running."""
+        self._tick_count += 1
+        self._store(realtime_ns, monotonic_ns, time_zone_bias, self._tick_count, STATE_RUNNING)
+
+    def stop(self, *, realtime_ns: int, monotonic_ns: int, time_zone_bias: int) -> None:
+        """Write state=stopped with the instant of the stop; `tick_count` does not move."""
+        self._store(realtime_ns, monotonic_ns, time_zone_bias, self._tick_count, STATE_STOPPED)
+
+    def release(self) -> None:
+        """Drop the buffer export so its owner (an mmap) can close. Idempotent."""
+        self._buffer.release()
+
+    def _store(self, realtime_ns: int, monotonic_ns: int, bias: int, ticks: int, state: int) -> None:
+        system_time = realtime_ns // 100 + EPOCH_AS_FILETIME if realtime_ns else 0
+        local_time = system_time - bias if realtime_ns else 0
+        buf = self._buffer
+        self._seq += 1
+        _SEQ.pack_into(buf, SEQ_OFFSET, self._seq)
+        _FIELDS.pack_into(
+            buf, 24, local_time, system_time, bias, realtime_ns, monotonic_ns,
+            ticks, self._interval_ns, state, self._writer_pid, self._instance_id,
+        )  # fmt: skip
+        self._seq += 1
+        _SEQ.pack_into(buf, SEQ_OFFSET, self._seq)
+
+
+def read_state(buffer: object) -> int:
+    """The page's state field alone (a single aligned u32, so no seqlock is needed for it)."""
+    return int(_STATE.unpack_from(buffer, _STATE_OFFSET)[0])  # type: ignore[arg-type]
+
+
+def filetime_to_datetime(filetime: int, tz: _dt.tzinfo = _dt.timezone.utc) -> _dt.datetime:
+    """A FILETIME (100-ns units since 1601-01-01) as an aware datetime in `tz`, to the microsecond.
+
+    The FILETIME is taken to be wall-clock time in `tz`: the page's `local_time` with the driver's
+    offset, or `system_time` with UTC (the default).
+    """
+    delta = _dt.timedelta(microseconds=filetime // 10)
+    return (_dt.datetime(1601, 1, 1) + delta).replace(tzinfo=tz)
+
+
+def datetime_to_filetime(value: _dt.datetime) -> int:
+    """The FILETIME of an aware datetime (as UTC); naive datetimes are refused as ambiguous."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("datetime_to_filetime needs an aware datetime")
+    delta = value.astimezone(_dt.timezone.utc).replace(tzinfo=None) - _dt.datetime(1601, 1, 1)
+    return (delta.days * 86_400 + delta.seconds) * FILETIME_TICKS_PER_SECOND + delta.microseconds * 10
+
+
+def bias_to_timezone(time_zone_bias: int) -> _dt.timezone:
+    """The fixed-offset timezone of a Windows bias (UTC minus local, in 100-ns units)."""
+    return _dt.timezone(_dt.timedelta(microseconds=-time_zone_bias // 10))
+
+
+def utc_offset_to_bias(utc_offset_seconds: int) -> int:
+    """A POSIX `tm_gmtoff` (seconds east of UTC) as a Windows bias: UTC+8 gives -288000000000."""
+    return -utc_offset_seconds * FILETIME_TICKS_PER_SECOND

@@ -1,0 +1,441 @@
+"""The device server: one event loop that moves bytes and fds between sockets and the driver.
+
+Theory of operation. A single thread runs a `selectors` loop over: the listening socket, one
+socket per connection (= one handle), a timerfd for the driver's tick, and a wake-up socket for
+signals. Nothing blocks in between, so the tick is never delayed by another thread holding the
+GIL, and the driver (which is not thread-safe) is only ever called from here.
+
+The server owns the sockets, the socket file and its lock; the driver owns handles, page and
+timer state. Per connection the order is fixed: receive, close any fd the peer sent, decode,
+`driver.dispatch`, send the reply (with the page fd, which is then closed here), and drop the
+connection when the driver or the protocol says so. Every way a connection can end goes
+through `_drop`, which calls `driver.disconnect`: that is the seed's IRP_MJ_CLEANUP on process
+death.
+
+A peer that does not read its replies (the send would block) or sends garbage it cannot frame is
+dropped; it can never stall the loop or the other clients. Connections that send no CREATE
+within `create_timeout` are closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import selectors
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from . import _unix
+from ._driver import Credentials, Driver, DriverConfig, Handle, HandleState
+from ._notify import notify
+from ._protocol import Reply, RemoteProtocolError, decode_request, encode_reply
+from ._status import DeviceConfigurationError, NtStatus
+from ._timerfd import MonotonicTimer, set_timer_slack
+
+log = logging.getLogger("sharingmemory.server")
+
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+_ACCEPTS_PER_WAKEUP = 64
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how the device is served. Modes apply to what the server creates itself."""
+
+    socket_path: str
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    socket_mode: int = 0o660
+    dir_mode: int = 0o750
+    create_timeout: float = 5.0
+
+
+class _Connection:
+    """One accepted socket and its handle; `idle_deadline` is when it is dropped without CREATE."""
+
+    __slots__ = ("sock", "handle", "idle_deadline")
+
+    def __init__(self, sock: socket.socket, handle: Handle, idle_deadline: float) -> None:
+        self.sock = sock
+        self.handle = handle
+        self.idle_deadline = idle_deadline
+
+
+def check_socket_path(path: str) -> str:
+    """An absolute, normalised socket path, or DeviceConfigurationError saying what is wrong."""
+    if not path or "\0" in path:
+        raise DeviceConfigurationError(f"invalid socket path {path!r}")
+    path = os.path.abspath(path)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise DeviceConfigurationError(f"socket path is longer than {_SUN_PATH_MAX} bytes: {path}")
+    return path
+
+
+def _prepare_directory(directory: str, mode: int) -> None:
+    """Create the socket's directory, or refuse one another user could tamper with."""
+    try:
+        os.mkdir(directory, mode)
+        os.chmod(directory, mode)  # mkdir's mode is filtered by the umask
+        log.debug("directory %s created (mode %o)", directory, mode)
+        return
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise DeviceConfigurationError(f"cannot create socket directory {directory}: {err.strerror}") from err
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise DeviceConfigurationError(f"{directory} is not a directory (a symlink is refused too)")
+    if info.st_uid not in (0, os.getuid()):
+        raise DeviceConfigurationError(f"{directory} belongs to uid {info.st_uid}; refusing to serve from it")
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise DeviceConfigurationError(f"{directory} is writable by everyone; refusing to serve from it")
+
+
+class _SocketFile:
+    """The bound socket file and its lock file (`PATH.lock`), which makes one driver per path.
+
+    The lock is an flock held for the server's life: the kernel drops it when the process dies
+    however it dies, so a socket left by a killed driver is reclaimed by the next one, and a
+    live driver is never displaced. Closing unlinks the socket only if it is still ours.
+    """
+
+    _lock_fd: int = -1
+    _inode: tuple[int, int] | None = None
+
+    def __init__(self, path: str, *, socket_mode: int, dir_mode: int) -> None:
+        self.path = path
+        self.lock_path = path + ".lock"
+        directory = os.path.dirname(path)
+        _prepare_directory(directory, dir_mode)
+        try:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise DeviceConfigurationError(f"cannot open lock file {self.lock_path}: {err.strerror}") from err
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            self.close()
+            raise DeviceConfigurationError(f"another driver (pid {holder}) already serves {path}") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(info.st_mode):
+                self.close()
+                raise DeviceConfigurationError(f"{path} exists and is not a socket; refusing to replace it")
+            os.unlink(path)
+            log.info("stale socket %s reclaimed (its driver is gone)", path)
+
+    def bind(self, sock: socket.socket, mode: int) -> None:
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, mode)
+        except OSError as err:
+            raise DeviceConfigurationError(f"cannot bind {self.path}: {err.strerror}") from err
+        info = os.lstat(self.path)
+        self._inode = (info.st_dev, info.st_ino)
+
+    def close(self) -> None:
+        """Unlink the socket (if still ours) and the lock file, release the lock. Idempotent."""
+        if self._inode is not None:
+            try:
+                info = os.lstat(self.path)
+                if (info.st_dev, info.st_ino) == self._inode:
+                    os.unlink(self.path)
+                    log.debug("socket %s removed", self.path)
+            except OSError:
+                pass
+            self._inode = None
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            try:
+                os.unlink(self.lock_path)
+            except OSError:
+                pass
+            os.close(fd)
+
+
+class DeviceServer:
+    """The daemon: binds the device socket, runs the loop, unloads the driver on the way out.
+
+    Use as a context manager, or call `close()`; `serve_forever()` returns after SIGTERM/SIGINT
+    (when `handle_signals`) or `stop()`. `listener`, when given, is an already listening socket
+    (socket activation): the server neither binds nor unlinks it.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        driver: Driver | None = None,
+        listener: socket.socket | None = None,
+        handle_signals: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._handle_signals = handle_signals
+        self._socket_file: _SocketFile | None = None
+        self._connections: dict[int, _Connection] = {}
+        # Connections still waiting for CREATE, oldest first: their deadlines are in insertion
+        # order (one constant timeout), so the loop looks at the head only and a tick never
+        # costs more with many open handles.
+        self._pending: dict[int, _Connection] = {}
+        self._selector = selectors.DefaultSelector()
+        self._stopping: str | None = None
+        self._accept_paused = False
+        self._armed: int | None = None
+        self._timer = MonotonicTimer()
+        self._wake_r, self._wake_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            if listener is None:
+                path = check_socket_path(config.socket_path)
+                self._socket_file = _SocketFile(path, socket_mode=config.socket_mode, dir_mode=config.dir_mode)
+                listener = _unix.seqpacket_socket()
+                try:
+                    self._socket_file.bind(listener, config.socket_mode)
+                    listener.listen(socket.SOMAXCONN)
+                except BaseException:
+                    listener.close()
+                    raise
+                self.socket_path = path
+            else:
+                self.socket_path = config.socket_path
+            self._listener = listener
+            listener.setblocking(False)
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._selector.register(listener, selectors.EVENT_READ, self._on_accept)
+            self._selector.register(self._timer.fileno(), selectors.EVENT_READ, self._on_timer)
+            self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
+            self.driver = driver or Driver(config.driver)
+        except BaseException:
+            self._release()
+            raise
+        log.info("device %s ready (driver pid %d)", self.socket_path, os.getpid())
+
+    def __enter__(self) -> DeviceServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to finish; safe from a signal handler or another thread."""
+        self._stopping = reason
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        """Run until stopped; then unload the driver (state=stopped) and close every handle."""
+        previous: dict[int, object] = {}
+        if self._handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self._on_signal)
+            previous_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            set_timer_slack(1)
+        except OSError:  # not fatal: the tick comes from a timerfd, slack only touches other waits
+            pass
+        notify(f"READY=1\nSTATUS=serving {self.socket_path}\nMAINPID={os.getpid()}")
+        if ready is not None:
+            ready()
+        try:
+            while self._stopping is None:
+                self._run_once()
+        finally:
+            log.info("driver stopping: %s", self._stopping or "error")
+            notify("STOPPING=1")
+            if self._handle_signals:
+                signal.set_wakeup_fd(previous_wakeup)
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)  # type: ignore[arg-type]
+            self.close()
+
+    def _run_once(self) -> None:
+        timeout = self._next_idle_timeout()
+        for key, _mask in self._selector.select(timeout):
+            callback: Callable[[object], None] = key.data
+            callback(key.fileobj)
+        self._expire_idle()
+        self._sync_timer()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop(signal.Signals(signum).name)
+
+    def _on_wakeup(self, _sock: object) -> None:
+        try:
+            while self._wake_r.recv(256):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _on_timer(self, _fd: object) -> None:
+        if self._timer.acknowledge():
+            self.driver.on_timer(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        self._armed = None  # a fired timerfd is disarmed: force _sync_timer to re-arm it
+
+    def _sync_timer(self) -> None:
+        deadline = self.driver.timer_deadline
+        if deadline != self._armed:
+            self._timer.arm(deadline)
+            self._armed = deadline
+
+    # --- connections --------------------------------------------------------------------------
+
+    def _on_accept(self, _listener: object) -> None:
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                sock, _addr = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept paused: %s; resumes when a connection closes", err.strerror)
+                    self._selector.unregister(self._listener)
+                    self._accept_paused = True
+                    return
+                if err.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue
+                raise
+            self._add_connection(sock)
+
+    def _add_connection(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            pid, uid, gid = _unix.peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return
+        handle = self.driver.connect(Credentials(pid, uid, gid))
+        deadline = self._clock() + self.config.create_timeout
+        connection = _Connection(sock, handle, deadline)
+        self._connections[sock.fileno()] = connection
+        self._pending[sock.fileno()] = connection
+        self._selector.register(sock, selectors.EVENT_READ, self._on_readable)
+
+    def _on_readable(self, sock: object) -> None:
+        assert isinstance(sock, socket.socket)
+        connection = self._connections.get(sock.fileno())
+        if connection is None:
+            return
+        try:
+            message = _unix.receive(sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            log.debug("handle %d: receive failed: %s", connection.handle.handle_id, err)
+            self._drop(connection)
+            return
+        if message.fds:
+            # Requests never carry fds: close them unread, and refuse the request below.
+            _unix.close_fds(message.fds)
+            log.debug("handle %d: closed %d unexpected fd(s)", connection.handle.handle_id, len(message.fds))
+        if not message.data and not message.fds and not message.oversized:
+            self._drop(connection)  # end of file: the peer closed or died
+            return
+        self._handle_message(connection, message)
+
+    def _handle_message(self, connection: _Connection, message: _unix.Received) -> None:
+        if message.oversized:
+            self._reply(connection, Reply(0, 0, NtStatus.STATUS_INVALID_PARAMETER), close=True)
+            return
+        try:
+            request = decode_request(message.data)
+        except RemoteProtocolError as err:
+            log.debug("handle %d: bad request: %s", connection.handle.handle_id, err)
+            self._reply(connection, Reply(err.major, err.request_id, err.status), close=err.fatal)
+            return
+        if message.fds or message.fds_truncated:
+            self._reply(connection, Reply(request.major, request.request_id, NtStatus.STATUS_INVALID_PARAMETER))
+            return
+        completion = self.driver.dispatch(connection.handle, request)
+        if connection.handle.state is not HandleState.NEW:
+            self._pending.pop(connection.sock.fileno(), None)
+        reply = Reply(
+            request.major, request.request_id, completion.status, completion.information,
+            completion.output, completion.fd is not None,
+        )  # fmt: skip
+        try:
+            self._reply(connection, reply, fd=completion.fd, close=completion.close_connection)
+        finally:
+            if completion.fd is not None:
+                os.close(completion.fd)
+
+    def _reply(self, connection: _Connection, reply: Reply, *, fd: int | None = None, close: bool = False) -> None:
+        try:
+            _unix.send(connection.sock, encode_reply(reply), fd)
+        except OSError as err:  # a full buffer (the peer does not read) or a dead peer
+            log.debug("handle %d: reply not sent (%s); dropping", connection.handle.handle_id, err)
+            close = True
+        if close:
+            self._drop(connection)
+
+    def _drop(self, connection: _Connection) -> None:
+        """End a connection for any reason: the driver's cleanup, then the socket."""
+        fileno = connection.sock.fileno()
+        if self._connections.pop(fileno, None) is None:
+            return
+        self._pending.pop(fileno, None)
+        self._selector.unregister(connection.sock)
+        self.driver.disconnect(connection.handle)
+        connection.sock.close()
+        if self._accept_paused:
+            self._accept_paused = False
+            self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
+
+    def _next_idle_timeout(self) -> float | None:
+        for connection in self._pending.values():
+            return max(0.0, connection.idle_deadline - self._clock())
+        return None
+
+    def _expire_idle(self) -> None:
+        now = self._clock()
+        while self._pending:
+            connection = next(iter(self._pending.values()))
+            if connection.idle_deadline > now:
+                return
+            log.debug("handle %d: no CREATE within %.1f s; closing", connection.handle.handle_id, self.config.create_timeout)
+            self._drop(connection)
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """DriverUnload: unload the driver, close every connection and the socket. Idempotent."""
+        driver = getattr(self, "driver", None)
+        if driver is not None:
+            driver.unload()
+        for connection in list(self._connections.values()):
+            self._drop(connection)
+        self._release()
+
+    def _release(self) -> None:
+        for closable in (getattr(self, "_listener", None), self._wake_r, self._wake_w):
+            if closable is not None:
+                closable.close()
+        self._timer.close()
+        try:
+            self._selector.close()
+        except (OSError, ValueError):
+            pass
+        if self._socket_file is not None:
+            self._socket_file.close()
+            self._socket_file = None
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
