@@ -184,7 +184,7 @@ class Device:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def device_io_control(self, code: int, input: bytes = b"", output_size: int = 0) -> IoResult:  # noqa: A002
+    def device_io_control(self, code: int, input: bytes = b"", output_size: int = 0) -> IoResult:
         """DeviceIoControl: send `code` with `input`, allowing `output_size` bytes of output.
 
         For IOCTL_GIVE_ME_YOUR_MEMORY the page is mapped into this process and the output is its
@@ -224,7 +224,12 @@ class Device:
             raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, f"driver status unreadable: {err}") from err
 
     def _call(
-        self, major: MajorFunction, *, code: int = 0, input: bytes = b"", output_length: int = 0  # noqa: A002
+        self,
+        major: MajorFunction,
+        *,
+        code: int = 0,
+        input: bytes = b"",
+        output_length: int = 0,
     ) -> tuple[int, int, bytes, int | None]:
         """One request and its reply: (status, information, output, fd or None)."""
         with self._lock:

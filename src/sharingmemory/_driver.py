@@ -35,7 +35,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from ._ioctl import FILE_READ_DATA, FILE_WRITE_DATA, IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS, VALID_ACCESS_MASK, required_access
+from ._ioctl import (
+    FILE_READ_DATA,
+    FILE_WRITE_DATA,
+    IOCTL_GIVE_ME_YOUR_MEMORY,
+    IOCTL_QUERY_STATUS,
+    VALID_ACCESS_MASK,
+    required_access,
+)
 from ._memfd import SealedMemory
 from ._page import PAGE_SIZE, STATE_RUNNING, STATE_STOPPED, PageWriter, utc_offset_to_bias
 from ._protocol import STATUS_STRUCT_SIZE, DriverStatus, MajorFunction, Request, encode_driver_status
@@ -179,7 +186,12 @@ class Driver:
         self.late_ticks = 0
         self.max_lateness_ns = 0
         self.unloaded = False
-        log.info("driver loaded: pid %d, instance %s, interval %d ns", self.pid, self.instance_id.hex(), self.config.interval_ns)
+        log.info(
+            "driver loaded: pid %d, instance %s, interval %d ns",
+            self.pid,
+            self.instance_id.hex(),
+            self.config.interval_ns,
+        )
 
     # --- connections and the dispatch table ---------------------------------------------------
 
@@ -196,7 +208,11 @@ class Driver:
             return Completion(NtStatus.STATUS_INVALID_DEVICE_STATE, close_connection=True)
         allowed = _ALLOWED[handle.state]
         if request.major not in allowed:
-            status = NtStatus.STATUS_INVALID_DEVICE_STATE if handle.state is HandleState.OPEN else NtStatus.STATUS_INVALID_HANDLE
+            status = (
+                NtStatus.STATUS_INVALID_DEVICE_STATE
+                if handle.state is HandleState.OPEN
+                else NtStatus.STATUS_INVALID_HANDLE
+            )
             return Completion(status)
         return _DISPATCH[request.major](self, handle, request)
 
@@ -214,12 +230,19 @@ class Driver:
         if not self.config.policy.allows(cred):
             log.info("CREATE refused: uid %d gid %d (pid %d) is not allowed", cred.uid, cred.gid, cred.pid)
             return Completion(NtStatus.STATUS_ACCESS_DENIED, close_connection=True)
-        if self.open_handles >= self.config.max_handles or self._open_per_uid.get(cred.uid, 0) >= self.config.max_handles_per_uid:
-            log.warning("CREATE refused: handle limit reached (uid %d has %d)", cred.uid, self._open_per_uid.get(cred.uid, 0))
+        if (
+            self.open_handles >= self.config.max_handles
+            or self._open_per_uid.get(cred.uid, 0) >= self.config.max_handles_per_uid
+        ):
+            log.warning(
+                "CREATE refused: handle limit reached (uid %d has %d)", cred.uid, self._open_per_uid.get(cred.uid, 0)
+            )
             return Completion(NtStatus.STATUS_TOO_MANY_OPENED_FILES, close_connection=True)
         handle.state, handle.granted_access = HandleState.OPEN, access
         self._open_per_uid[cred.uid] = self._open_per_uid.get(cred.uid, 0) + 1
-        log.debug("handle %d opened by pid %d uid %d, access %s", handle.handle_id, cred.pid, cred.uid, _access_text(access))
+        log.debug(
+            "handle %d opened by pid %d uid %d, access %s", handle.handle_id, cred.pid, cred.uid, _access_text(access)
+        )
         return Completion(NtStatus.STATUS_SUCCESS)
 
     def _dispatch_device_control(self, handle: Handle, request: Request) -> Completion:
@@ -301,7 +324,9 @@ class Driver:
     def _allocate_page(self) -> None:
         memory = self._memory_factory()
         try:
-            writer = PageWriter(memory.buffer, interval_ns=self.config.interval_ns, writer_pid=self.pid, instance_id=self.instance_id)
+            writer = PageWriter(
+                memory.buffer, interval_ns=self.config.interval_ns, writer_pid=self.pid, instance_id=self.instance_id
+            )
         except BaseException:
             memory.close()
             raise
@@ -410,7 +435,9 @@ _DISPATCH: dict[MajorFunction, _Handler] = {
 #: Which major functions each handle state accepts; anything else is refused unchanged.
 _ALLOWED: dict[HandleState, frozenset[MajorFunction]] = {
     HandleState.NEW: frozenset({MajorFunction.IRP_MJ_CREATE}),
-    HandleState.OPEN: frozenset({MajorFunction.IRP_MJ_DEVICE_CONTROL, MajorFunction.IRP_MJ_CLEANUP, MajorFunction.IRP_MJ_CLOSE}),
+    HandleState.OPEN: frozenset(
+        {MajorFunction.IRP_MJ_DEVICE_CONTROL, MajorFunction.IRP_MJ_CLEANUP, MajorFunction.IRP_MJ_CLOSE}
+    ),
     HandleState.CLEANED: frozenset({MajorFunction.IRP_MJ_CLOSE}),
     HandleState.CLOSED: frozenset(),
 }

@@ -44,7 +44,8 @@ _FIELDS = struct.Struct("<qqqqq QQII16s")  # the guarded fields alone, at 24
 _STATE = struct.Struct("<I")  # at 80
 _STATE_OFFSET: Final = 80
 
-assert _HEADER.size == 16 and _GUARDED.size == HEADER_SIZE - SEQ_OFFSET
+assert _HEADER.size == 16
+assert _GUARDED.size == HEADER_SIZE - SEQ_OFFSET
 
 #: A reader that sees `seq` odd or moving this many times in a row gives up (PageTornError).
 MAX_READ_ATTEMPTS: Final = 1_000_000
@@ -94,7 +95,7 @@ class PageSnapshot(NamedTuple):
 
 
 def _tuple_new(fields: tuple[object, ...]) -> PageSnapshot:
-    return tuple.__new__(PageSnapshot, fields)  # type: ignore[type-var]
+    return tuple.__new__(PageSnapshot, fields)
 
 
 _make_snapshot = _tuple_new
@@ -140,7 +141,7 @@ class PageWriter:
     a client can never steer it by what the page holds.
     """
 
-    __slots__ = ("_buffer", "_seq", "_tick_count", "_interval_ns", "_writer_pid", "_instance_id")
+    __slots__ = ("_buffer", "_instance_id", "_interval_ns", "_seq", "_tick_count", "_writer_pid")
 
     def __init__(self, buffer: object, *, interval_ns: int, writer_pid: int, instance_id: bytes) -> None:
         """Zero the page and write the header with state=initializing and seq 0."""
@@ -196,7 +197,7 @@ def read_state(buffer: object) -> int:
     return int(_STATE.unpack_from(buffer, _STATE_OFFSET)[0])  # type: ignore[arg-type]
 
 
-def filetime_to_datetime(filetime: int, tz: _dt.tzinfo = _dt.timezone.utc) -> _dt.datetime:
+def filetime_to_datetime(filetime: int, tz: _dt.tzinfo = _dt.UTC) -> _dt.datetime:
     """A FILETIME (100-ns units since 1601-01-01) as an aware datetime in `tz`, to the microsecond.
 
     The FILETIME is taken to be wall-clock time in `tz`: the page's `local_time` with the driver's
@@ -210,7 +211,7 @@ def datetime_to_filetime(value: _dt.datetime) -> int:
     """The FILETIME of an aware datetime (as UTC); naive datetimes are refused as ambiguous."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("datetime_to_filetime needs an aware datetime")
-    delta = value.astimezone(_dt.timezone.utc).replace(tzinfo=None) - _dt.datetime(1601, 1, 1)
+    delta = value.astimezone(_dt.UTC).replace(tzinfo=None) - _dt.datetime(1601, 1, 1)
     return (delta.days * 86_400 + delta.seconds) * FILETIME_TICKS_PER_SECOND + delta.microseconds * 10
 
 

@@ -45,10 +45,22 @@ class PrivateDriver:
                 env.pop(ENV_SOCKET, None)
                 env.pop("LISTEN_FDS", None)
                 env.pop("LISTEN_PID", None)
-                command = [sys.executable, "-m", "sharingmemory", "serve", "--socket", self.socket_path, "--interval", interval, *extra_args]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "sharingmemory",
+                    "serve",
+                    "--socket",
+                    self.socket_path,
+                    "--interval",
+                    interval,
+                    *extra_args,
+                ]
                 self.log_path = os.path.join(self._directory, "driver.log")
                 with open(self.log_path, "wb") as log_file:
-                    self._process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+                    self._process = subprocess.Popen(
+                        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file
+                    )
                 self._wait_ready(notify_sock)
         except BaseException:
             self.stop()

@@ -89,9 +89,7 @@ class RemoteProtocolError(Exception):
     close.
     """
 
-    def __init__(
-        self, message: str, *, status: int, request_id: int = 0, major: int = 0, fatal: bool = False
-    ) -> None:
+    def __init__(self, message: str, *, status: int, request_id: int = 0, major: int = 0, fatal: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.request_id = request_id
@@ -150,7 +148,9 @@ def decode_request(data: bytes) -> Request:
     except ValueError:
         raise RemoteProtocolError(
             f"major function 0x{major:02X} is not served by this device",
-            status=NtStatus.STATUS_INVALID_DEVICE_REQUEST, request_id=request_id, major=major,
+            status=NtStatus.STATUS_INVALID_DEVICE_REQUEST,
+            request_id=request_id,
+            major=major,
         ) from None
     if input_length != len(data) - REQUEST_HEADER_SIZE:
         raise RemoteProtocolError(
@@ -209,7 +209,9 @@ def decode_reply(data: bytes) -> Reply:
     elif output_length != len(data) - REPLY_HEADER_SIZE:
         problem = f"output_length {output_length} but {len(data) - REPLY_HEADER_SIZE} bytes follow"
     if problem is not None:
-        status_code = NtStatus.STATUS_REVISION_MISMATCH if version != PROTOCOL_VERSION else NtStatus.STATUS_INVALID_PARAMETER
+        status_code = (
+            NtStatus.STATUS_REVISION_MISMATCH if version != PROTOCOL_VERSION else NtStatus.STATUS_INVALID_PARAMETER
+        )
         raise RemoteProtocolError(problem, status=status_code, request_id=request_id, fatal=True)
     return Reply(
         major, request_id, status, information, bytes(data[REPLY_HEADER_SIZE:]),

@@ -19,6 +19,7 @@ within `create_timeout` are closed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -35,7 +36,7 @@ from types import FrameType
 from . import _unix
 from ._driver import Credentials, Driver, DriverConfig, Handle, HandleState
 from ._notify import notify
-from ._protocol import Reply, RemoteProtocolError, decode_request, encode_reply
+from ._protocol import RemoteProtocolError, Reply, decode_request, encode_reply
 from ._status import DeviceConfigurationError, NtStatus
 from ._timerfd import MonotonicTimer, set_timer_slack
 
@@ -59,7 +60,7 @@ class ServerConfig:
 class _Connection:
     """One accepted socket and its handle; `idle_deadline` is when it is dropped without CREATE."""
 
-    __slots__ = ("sock", "handle", "idle_deadline")
+    __slots__ = ("handle", "idle_deadline", "sock")
 
     def __init__(self, sock: socket.socket, handle: Handle, idle_deadline: float) -> None:
         self.sock = sock
@@ -158,10 +159,8 @@ class _SocketFile:
             self._inode = None
         fd, self._lock_fd = self._lock_fd, -1
         if fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.lock_path)
-            except OSError:
-                pass
             os.close(fd)
 
 
@@ -235,22 +234,18 @@ class DeviceServer:
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the loop to finish; safe from a signal handler or another thread."""
         self._stopping = reason
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
-        except OSError:
-            pass
 
     def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
         """Run until stopped; then unload the driver (state=stopped) and close every handle."""
-        previous: dict[int, object] = {}
+        previous: dict[signal.Signals, object] = {}
         if self._handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)
             previous_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        try:
+        with contextlib.suppress(OSError):  # not fatal: the tick is a timerfd; slack touches other waits
             set_timer_slack(1)
-        except OSError:  # not fatal: the tick comes from a timerfd, slack only touches other waits
-            pass
         notify(f"READY=1\nSTATUS=serving {self.socket_path}\nMAINPID={os.getpid()}")
         if ready is not None:
             ready()
@@ -409,7 +404,9 @@ class DeviceServer:
             connection = next(iter(self._pending.values()))
             if connection.idle_deadline > now:
                 return
-            log.debug("handle %d: no CREATE within %.1f s; closing", connection.handle.handle_id, self.config.create_timeout)
+            log.debug(
+                "handle %d: no CREATE within %.1f s; closing", connection.handle.handle_id, self.config.create_timeout
+            )
             self._drop(connection)
 
     # --- shutdown -----------------------------------------------------------------------------
@@ -428,10 +425,8 @@ class DeviceServer:
             if closable is not None:
                 closable.close()
         self._timer.close()
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._selector.close()
-        except (OSError, ValueError):
-            pass
         if self._socket_file is not None:
             self._socket_file.close()
             self._socket_file = None

@@ -14,6 +14,7 @@ server and the client alike:
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 import struct
@@ -51,10 +52,8 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 def close_fds(fds: list[int]) -> None:
     """Close each fd, ignoring ones already closed; used on every path that refuses fds."""
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def receive(sock: socket.socket) -> Received:

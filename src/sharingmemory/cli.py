@@ -125,7 +125,10 @@ def _open(args: argparse.Namespace, *, private_ok: bool = False) -> Iterator[Dev
         if not private_ok or args.socket:
             raise
         with PrivateDriver(interval=args.interval) as private:
-            print(f"sharingmemory: no driver at {default_socket_path()}; started a private driver (pid {private.pid})", file=sys.stderr)
+            print(
+                f"sharingmemory: no driver at {default_socket_path()}; started a private driver (pid {private.pid})",
+                file=sys.stderr,
+            )
             with open_device(private.socket_path, timeout=args.timeout) as device:
                 yield device
         return
@@ -216,7 +219,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharingmemory",
-        description="Share a live page of memory (the local time, written every tick) between a driver daemon and its readers.",
+        description="Share a live page of memory (the local time, written at every tick) "
+        "between a driver daemon and its readers.",
         epilog="Exit status: 0 ok, 1 error, 2 bad usage, 3 driver stopped during watch, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -229,13 +233,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the driver daemon in the foreground")
     serve.add_argument("--socket", metavar="PATH", help=socket_help)
-    serve.add_argument("--interval", type=parse_duration, default=1_000_000_000, metavar="DURATION", help="timer period: 1s, 250ms, 1ms (default 1s)")
-    serve.add_argument("--allow-uid", type=_id, action="append", default=[], metavar="UID", help="also let this uid open the device (repeatable)")
-    serve.add_argument("--allow-gid", type=_id, action="append", default=[], metavar="GID", help="also let this primary gid open the device (repeatable)")
-    serve.add_argument("--max-handles", type=_positive, default=4096, metavar="N", help="open handles at most, overall (default 4096)")
-    serve.add_argument("--max-handles-per-uid", type=_positive, default=1024, metavar="N", help="open handles at most per uid (default 1024)")
-    serve.add_argument("--socket-mode", type=_octal_mode, default=0o660, metavar="MODE", help="mode of the socket file (default 0660)")
-    serve.add_argument("--dir-mode", type=_octal_mode, default=0o750, metavar="MODE", help="mode of a socket directory it creates (default 0750)")
+    serve.add_argument(
+        "--interval",
+        type=parse_duration,
+        default=1_000_000_000,
+        metavar="DURATION",
+        help="timer period: 1s, 250ms, 1ms (default 1s)",
+    )
+    serve.add_argument(
+        "--allow-uid",
+        type=_id,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also let this uid open the device (repeatable)",
+    )
+    serve.add_argument(
+        "--allow-gid",
+        type=_id,
+        action="append",
+        default=[],
+        metavar="GID",
+        help="also let this primary gid open the device (repeatable)",
+    )
+    serve.add_argument(
+        "--max-handles", type=_positive, default=4096, metavar="N", help="open handles at most, overall (default 4096)"
+    )
+    serve.add_argument(
+        "--max-handles-per-uid",
+        type=_positive,
+        default=1024,
+        metavar="N",
+        help="open handles at most per uid (default 1024)",
+    )
+    serve.add_argument(
+        "--socket-mode", type=_octal_mode, default=0o660, metavar="MODE", help="mode of the socket file (default 0660)"
+    )
+    serve.add_argument(
+        "--dir-mode",
+        type=_octal_mode,
+        default=0o750,
+        metavar="MODE",
+        help="mode of a socket directory it creates (default 0750)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     for name, func, text in (
@@ -245,10 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--socket", metavar="PATH", help=socket_help)
-        sub.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="bound on each request (default 5)")
+        sub.add_argument(
+            "--timeout", type=float, default=5.0, metavar="SECONDS", help="bound on each request (default 5)"
+        )
         if name == "watch":
             sub.add_argument("--count", type=_positive, metavar="N", help="stop after N ticks")
-            sub.add_argument("--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)")
+            sub.add_argument(
+                "--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)"
+            )
         else:
             sub.add_argument("--json", action="store_true", help="one JSON object")
         sub.set_defaults(func=func)

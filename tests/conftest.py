@@ -1,0 +1,47 @@
+"""Fixtures shared by every test layer: real driver processes on real sockets, and fd-leak checks."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import DriverProcess, start_driver
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[DriverProcess]:
+    """A driver process at 1 s on a private socket, stopped (SIGTERM) after the test."""
+    with start_driver(tmp_path) as process:
+        yield process
+
+
+@pytest.fixture
+def fast_driver(tmp_path: Path) -> Iterator[DriverProcess]:
+    """A driver ticking every 20 ms, for tests that watch several ticks."""
+    with start_driver(tmp_path, interval="20ms") as process:
+        yield process
+
+
+@pytest.fixture
+def no_fd_leak() -> Iterator[None]:
+    """Fail the test if it leaves this process with more open fds than it started with."""
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    for _ in range(50):  # give the GC and closing sockets a moment
+        after = set(os.listdir("/proc/self/fd"))
+        if len(after) <= len(before):
+            return
+        time.sleep(0.01)
+    leaked = {fd: _describe(fd) for fd in after - before}
+    pytest.fail(f"fds leaked by the test: {leaked}")
+
+
+def _describe(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
