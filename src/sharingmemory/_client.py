@@ -23,13 +23,20 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final, NamedTuple
 
 from . import _unix
-from ._ioctl import FILE_READ_DATA, FILE_WRITE_DATA, IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS
-from ._page import PAGE_SIZE, PageSnapshot, check_header, read_snapshot, read_state
+from ._ioctl import (
+    FILE_READ_DATA,
+    FILE_WRITE_DATA,
+    IOCTL_GIVE_ME_YOUR_MEMORY,
+    IOCTL_QUERY_STATUS,
+    IOCTL_REGISTER_TICK_EVENT,
+)
+from ._page import PAGE_SIZE, STATE_STOPPED, PageSnapshot, check_header, read_snapshot, read_state
 from ._paths import DEVICE_NAME, resolve_device_name
 from ._protocol import (
     STATUS_STRUCT_SIZE,
@@ -51,6 +58,7 @@ from ._status import (
     exception_for,
     is_error,
 )
+from ._ticks import TickEvent, next_deadline_delay, retry_step
 
 DEFAULT_TIMEOUT: Final = 5.0
 _POINTER = struct.Struct("<Q")
@@ -98,9 +106,14 @@ class SharedPage:
     """
 
     _map: mmap.mmap | None = None
+    _tick_event: TickEvent | None = None
+    _tick_source: Callable[[], TickEvent] | None = None
+    _seen_tick: int | None = None
 
-    def __init__(self, fd: int) -> None:
-        """Map the page behind `fd` (the caller keeps and closes `fd`) and check its header."""
+    def __init__(self, fd: int, *, tick_source: Callable[[], TickEvent] | None = None) -> None:
+        """Map the page behind `fd` (the caller keeps and closes `fd`) and check its header.
+        `tick_source`, when given, is asked once for the tick eventfd that `wait_next` uses."""
+        self._tick_source = tick_source
         if os.fstat(fd).st_size != PAGE_SIZE:
             raise exception_for(NtStatus.STATUS_REVISION_MISMATCH, "the page fd is not one page long")
         self._map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
@@ -140,7 +153,89 @@ class SharedPage:
     def closed(self) -> bool:
         return self._map is None
 
+    # --- waiting for the tick -----------------------------------------------------------------
+
+    def wait_next(self, timeout: float | None = None) -> PageSnapshot:
+        """Block until the page holds a tick newer than the last one this method returned (on
+        the first call: newer than the page at the call) and return its snapshot.
+
+        A stopped page is returned at once (check `.state`). Raises TimeoutError after `timeout`
+        seconds, DeviceNotConnected when the driver dies without writing state=stopped. Uses the
+        driver's tick eventfd when the page came from a Device (no polling), else sleeps to the
+        deadline the page announces.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        event = self._ensure_tick_event()
+        while True:
+            if event is not None:
+                event.drain()
+            snap = self._next_or_none()
+            if snap is not None:
+                return snap
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"no tick within {timeout} s")
+            if event is None:
+                delay = next_deadline_delay(self.read())
+                delay = delay if delay > 0 else retry_step(self.read())
+                time.sleep(delay if remaining is None else min(delay, remaining))
+                continue
+            try:
+                event.wait(remaining)
+            except ConnectionResetError as err:
+                snap = self._next_or_none()
+                if snap is not None:
+                    return snap
+                raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
+
+    async def next_update(self) -> PageSnapshot:
+        """The asyncio form of `wait_next()`: await the next tick without blocking the loop.
+        Bound it with `asyncio.timeout()` or `asyncio.wait_for()`."""
+        import asyncio
+
+        event = self._ensure_tick_event()
+        while True:
+            if event is not None:
+                event.drain()
+            snap = self._next_or_none()
+            if snap is not None:
+                return snap
+            if event is None:
+                delay = next_deadline_delay(self.read())
+                await asyncio.sleep(delay if delay > 0 else retry_step(self.read()))
+                continue
+            try:
+                await event.wait_async()
+            except ConnectionResetError as err:
+                snap = self._next_or_none()
+                if snap is not None:
+                    return snap
+                raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
+
+    def _next_or_none(self) -> PageSnapshot | None:
+        """The current snapshot if it is news for `wait_next` (a newer tick, or stopped)."""
+        snap = self.read()
+        if self._seen_tick is None:
+            self._seen_tick = snap.tick_count
+        if snap.state == STATE_STOPPED or snap.tick_count != self._seen_tick:
+            self._seen_tick = snap.tick_count
+            return snap
+        return None
+
+    def _ensure_tick_event(self) -> TickEvent | None:
+        if self._tick_event is None and self._tick_source is not None:
+            source, self._tick_source = self._tick_source, None  # asked once, success or not
+            try:
+                self._tick_event = source()
+            except (NtStatusError, ValueError):
+                return None
+        return self._tick_event
+
     def close(self) -> None:
+        """Unmap the page and close the tick eventfd. Idempotent."""
+        event, self._tick_event = self._tick_event, None
+        if event is not None:
+            event.close()
         mapping, self._map = self._map, None
         if mapping is not None:
             mapping.close()
@@ -196,10 +291,10 @@ class Device:
         )
         if fd is not None:
             try:
-                if code != IOCTL_GIVE_ME_YOUR_MEMORY:
+                if code != IOCTL_GIVE_ME_YOUR_MEMORY:  # tick eventfds come through _register_tick_event
                     raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent an fd with an unexpected reply")
                 if self._page is None or self._page.closed:
-                    self._page = SharedPage(fd)
+                    self._page = SharedPage(fd, tick_source=self._register_tick_event)
             finally:
                 os.close(fd)
             output = _POINTER.pack(self._page.address)
@@ -214,6 +309,18 @@ class Device:
             self.device_io_control(IOCTL_GIVE_ME_YOUR_MEMORY, output_size=_POINTER.size)
         assert self._page is not None
         return self._page
+
+    def _register_tick_event(self) -> TickEvent:
+        """IOCTL_REGISTER_TICK_EVENT: this handle's tick eventfd, owned by the returned object."""
+        _status, _information, _output, fd = self._call(
+            MajorFunction.IRP_MJ_DEVICE_CONTROL, code=IOCTL_REGISTER_TICK_EVENT
+        )
+        sock = self._sock
+        if fd is None or sock is None:
+            if fd is not None:
+                os.close(fd)
+            raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "the driver sent no tick eventfd")
+        return TickEvent(fd, sock.fileno())
 
     def query_status(self) -> DriverStatus:
         """IOCTL_QUERY_STATUS: the driver's handles, page and timer."""

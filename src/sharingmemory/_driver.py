@@ -21,11 +21,18 @@ CLOCK_MONOTONIC instant, or None) and the event loop calls `on_timer(now)` when 
 Deadlines advance by whole intervals from the first one, so the tick never drifts; when the loop
 was so late that deadlines were missed, they are skipped (counted as late), not bunched up.
 
+Tick events. A handle may ask for an eventfd (IOCTL_REGISTER_TICK_EVENT) that the driver
+signals after every tick and when the page stops. Each handle gets its own eventfd: one shared
+by all would let any client read away the others' wake-ups or block the driver's writes by
+filling the counter, since an eventfd cannot be handed out read-only. The cost is one write(2)
+per waiting handle per tick; handles that only map the page cost the tick nothing.
+
 Concurrency: none. The driver is called from one thread, the server's event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -40,6 +47,7 @@ from ._ioctl import (
     FILE_WRITE_DATA,
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
+    IOCTL_REGISTER_TICK_EVENT,
     VALID_ACCESS_MASK,
     required_access,
 )
@@ -53,6 +61,7 @@ log = logging.getLogger("sharingmemory.driver")
 MIN_INTERVAL_NS = 1_000_000
 DEFAULT_INTERVAL_NS = 1_000_000_000
 _POINTER = struct.Struct("<Q")
+_ONE = (1).to_bytes(8, "little")
 
 
 class Credentials(NamedTuple):
@@ -94,6 +103,7 @@ class Handle:
     state: HandleState = HandleState.NEW
     granted_access: int = 0
     mapped: bool = False
+    tick_event: int = -1  # the driver's eventfd for this handle's tick notifications, or -1
 
 
 class Clock(Protocol):
@@ -180,6 +190,7 @@ class Driver:
         self._next_handle_id = 1
         self._open_per_uid: dict[int, int] = {}
         self._mapped = 0  # handles with `mapped` set; kept as a count so no path walks all handles
+        self._tick_events: dict[int, int] = {}  # handle id -> eventfd, for the handles that asked
         self._page: _Page | None = None
         self._deadline: int | None = None
         self._ticks = 0
@@ -267,6 +278,11 @@ class Driver:
     def _cleanup(self, handle: Handle) -> None:
         """IRP_MJ_CLEANUP: release what the handle holds; the last mapped handle frees the page."""
         log.debug("handle %d: cleanup", handle.handle_id)
+        if handle.tick_event >= 0:
+            self._tick_events.pop(handle.handle_id, None)
+            os.close(handle.tick_event)
+            handle.tick_event = -1
+            log.debug("handle %d: tick eventfd closed", handle.handle_id)
         if handle.mapped:
             handle.mapped = False
             self._mapped -= 1
@@ -308,6 +324,28 @@ class Driver:
             log.debug("handle %d: page reference taken (%d mapped)", handle.handle_id, self.mapped_handles)
         return Completion(NtStatus.STATUS_SUCCESS, _POINTER.size, _POINTER.pack(PAGE_SIZE), fd)
 
+    def _ioctl_register_tick_event(self, handle: Handle, request: Request) -> Completion:
+        """An fd of this handle's tick eventfd (created on first request). Only a handle that
+        holds the page can wait for its ticks: STATUS_INVALID_DEVICE_STATE otherwise."""
+        if not handle.mapped:
+            return Completion(NtStatus.STATUS_INVALID_DEVICE_STATE)
+        try:
+            if handle.tick_event < 0:
+                handle.tick_event = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                self._tick_events[handle.handle_id] = handle.tick_event
+                log.debug("handle %d: tick eventfd created", handle.handle_id)
+            fd = os.dup(handle.tick_event)
+            os.set_inheritable(fd, False)
+        except OSError as err:
+            log.error("IOCTL_REGISTER_TICK_EVENT failed for handle %d: %s", handle.handle_id, err)
+            return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
+        return Completion(NtStatus.STATUS_SUCCESS, 0, b"", fd)
+
+    def _signal_tick_events(self) -> None:
+        for fd in self._tick_events.values():
+            with contextlib.suppress(BlockingIOError):  # counter full: only its own client can do that
+                os.write(fd, _ONE)
+
     def _ioctl_query_status(self, handle: Handle, request: Request) -> Completion:
         """The driver's state. A buffer shorter than the struct gets the prefix that fits and
         STATUS_BUFFER_OVERFLOW; one that cannot hold the size field gets BUFFER_TOO_SMALL."""
@@ -346,6 +384,7 @@ class Driver:
         log.debug("timer stopped")
         realtime_ns, monotonic_ns, bias = self._clock.now()
         page.writer.stop(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
+        self._signal_tick_events()
         page.free()
         log.debug("page freed")
 
@@ -366,6 +405,8 @@ class Driver:
         realtime_ns, monotonic_ns, bias = self._clock.now()
         self._page.writer.update(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
         self._ticks += 1
+        if self._tick_events:
+            self._signal_tick_events()
         interval = self.config.interval_ns
         lateness = now_monotonic_ns - deadline
         self.max_lateness_ns = max(self.max_lateness_ns, lateness)
@@ -411,9 +452,9 @@ class Driver:
         """DriverUnload: clean up and close every handle, so the page shows state=stopped."""
         if self.unloaded:
             return
+        self._free_page()  # first, so every waiter is woken to state=stopped before its eventfd closes
         for handle in list(self._handles.values()):
             self.disconnect(handle)
-        self._free_page()
         self.unloaded = True
         log.info("driver unloaded")
 
@@ -446,4 +487,5 @@ _ALLOWED: dict[HandleState, frozenset[MajorFunction]] = {
 _IOCTLS: dict[int, _Handler] = {
     IOCTL_GIVE_ME_YOUR_MEMORY: Driver._ioctl_give_me_your_memory,
     IOCTL_QUERY_STATUS: Driver._ioctl_query_status,
+    IOCTL_REGISTER_TICK_EVENT: Driver._ioctl_register_tick_event,
 }

@@ -1,0 +1,89 @@
+"""Waiting for the tick: `SharedPage.wait_next` and `next_update` with a real driver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import sharingmemory
+from sharingmemory import STATE_STOPPED
+from tests.support import DriverProcess, start_driver, wait_for
+
+
+def test_wait_next_returns_each_new_tick(fast_driver: DriverProcess, no_fd_leak: None) -> None:
+    with fast_driver.open() as device:
+        page = device.map_shared_memory()
+        ticks = [page.wait_next(timeout=5).tick_count for _ in range(5)]
+        assert all(later > earlier for earlier, later in zip(ticks, ticks[1:], strict=False))
+        status = device.query_status()
+        assert status.mapped_handles == 1
+    assert "tick eventfd closed" in fast_driver.log()
+
+
+def test_wait_next_uses_an_eventfd_from_the_driver(fast_driver: DriverProcess) -> None:
+    with fast_driver.open() as device:
+        page = device.map_shared_memory()
+        page.wait_next(timeout=5)
+        eventfds = [fd for fd in os.listdir("/proc/self/fd") if _link(fd) == "anon_inode:[eventfd]"]
+        assert eventfds, "the client holds the driver's eventfd"
+        assert "tick eventfd created" in fast_driver.log()
+
+
+def test_wait_next_times_out_between_slow_ticks(tmp_path: Path) -> None:
+    with start_driver(tmp_path, interval="30s") as driver, driver.open() as device:
+        page = device.map_shared_memory()
+        with pytest.raises(TimeoutError):
+            page.wait_next(timeout=0.2)
+
+
+def test_wait_next_returns_the_stopped_page_when_the_driver_unloads(tmp_path: Path) -> None:
+    with start_driver(tmp_path, interval="30s") as driver, driver.open() as device:
+        page = device.map_shared_memory()
+        driver.process.send_signal(signal.SIGTERM)
+        snap = page.wait_next(timeout=10)
+        assert snap.state == STATE_STOPPED
+
+
+def test_wait_next_raises_when_the_driver_is_killed(tmp_path: Path) -> None:
+    with start_driver(tmp_path, interval="30s") as driver, driver.open() as device:
+        page = device.map_shared_memory()
+        with pytest.raises(TimeoutError):
+            page.wait_next(timeout=0.05)  # registers the eventfd; no tick yet
+        driver.process.send_signal(signal.SIGKILL)
+        driver.process.wait()
+        with pytest.raises(sharingmemory.DeviceNotConnected):
+            page.wait_next(timeout=10)
+
+
+def test_next_update_in_asyncio(fast_driver: DriverProcess) -> None:
+    async def two_ticks(page: sharingmemory.SharedPage) -> list[int]:
+        first = await asyncio.wait_for(page.next_update(), 5)
+        second = await asyncio.wait_for(page.next_update(), 5)
+        return [first.tick_count, second.tick_count]
+
+    with fast_driver.open() as device:
+        page = device.map_shared_memory()
+        start = page.read().tick_count
+        first, second = asyncio.run(two_ticks(page))
+    assert start < first < second
+
+
+def test_a_waiting_handle_that_dies_leaves_no_eventfd_in_the_driver(fast_driver: DriverProcess) -> None:
+    def driver_eventfds() -> int:
+        return sum(1 for link in fast_driver.fds() if link == "anon_inode:[eventfd]")
+
+    with fast_driver.open() as device:
+        device.map_shared_memory().wait_next(timeout=5)
+        assert driver_eventfds() == 1
+    assert wait_for(lambda: driver_eventfds() == 0)
+
+
+def _link(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
