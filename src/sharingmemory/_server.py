@@ -24,6 +24,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -44,6 +45,34 @@ log = logging.getLogger("sharingmemory.server")
 
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
 _ACCEPTS_PER_WAKEUP = 64
+#: fds the server needs besides its handles: listener, timerfd, wake-up pair, lock, the page
+#: (memfd and mmap's dup), one reader fd in flight, logging, and a margin for connections that
+#: have not sent CREATE yet.
+FD_RESERVE = 64
+#: fds one handle may hold at most: its socket and its tick eventfd.
+FDS_PER_HANDLE = 2
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to its hard limit (each handle costs fds, see
+    `FDS_PER_HANDLE`) and return the soft limit now in force. Never raises: a limit that cannot
+    be raised is used as it is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as err:
+            log.warning("open-file limit stays at %d: %s", soft, err)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def default_handle_limits(fd_limit: int) -> tuple[int, int]:
+    """(max handles overall, max handles per uid) that fit in `fd_limit` open files: what is
+    left after `FD_RESERVE`, divided by `FDS_PER_HANDLE`; one uid may take half of that, so
+    another allowed user (or root) can still open the device."""
+    overall = max(1, (fd_limit - FD_RESERVE) // FDS_PER_HANDLE)
+    return overall, max(1, overall // 2)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from ._driver import MIN_INTERVAL_NS, AccessPolicy, DriverConfig
 from ._page import STATE_STOPPED, PageSnapshot
 from ._paths import DEVICE_NAME, default_socket_path
 from ._private import PrivateDriver
-from ._server import DeviceServer, ServerConfig
+from ._server import DeviceServer, ServerConfig, default_handle_limits, raise_fd_limit
 from ._status import DeviceNotConnected, DeviceNotFound, NtStatusError
 
 EXIT_OK = 0
@@ -78,6 +78,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def _id(text: str) -> int:
     try:
         value = int(text)
@@ -95,16 +105,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     policy = AccessPolicy(uids=frozenset({os.getuid(), *args.allow_uid}), gids=frozenset(args.allow_gid))
+    max_handles, max_per_uid = default_handle_limits(raise_fd_limit())
     try:
         driver = DriverConfig(
             interval_ns=args.interval, policy=policy,
-            max_handles=args.max_handles, max_handles_per_uid=args.max_handles_per_uid,
+            max_handles=args.max_handles or max_handles, max_handles_per_uid=args.max_handles_per_uid or max_per_uid,
         )  # fmt: skip
     except ValueError as err:
         raise CommandError(str(err), EXIT_USAGE) from err
     config = ServerConfig(
         socket_path=args.socket or default_socket_path(), driver=driver,
-        socket_mode=args.socket_mode, dir_mode=args.dir_mode,
+        socket_mode=args.socket_mode, dir_mode=args.dir_mode, create_timeout=args.create_timeout,
     )  # fmt: skip
     with DeviceServer(config) as server:
         server.serve_forever()
@@ -257,14 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="also let this primary gid open the device (repeatable)",
     )
     serve.add_argument(
-        "--max-handles", type=_positive, default=4096, metavar="N", help="open handles at most, overall (default 4096)"
+        "--max-handles",
+        type=_positive,
+        metavar="N",
+        help="open handles at most, overall (default: the open-file limit, raised to its hard limit, "
+        "less a reserve of 64, halved since a handle may hold two fds)",
     )
     serve.add_argument(
         "--max-handles-per-uid",
         type=_positive,
-        default=1024,
         metavar="N",
-        help="open handles at most per uid (default 1024)",
+        help="open handles at most per uid (default: half of --max-handles' default)",
+    )
+    serve.add_argument(
+        "--create-timeout",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="close a connection that sends no CREATE within this time (default 5)",
     )
     serve.add_argument(
         "--socket-mode", type=_octal_mode, default=0o660, metavar="MODE", help="mode of the socket file (default 0660)"
