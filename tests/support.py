@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import sharingmemory
+from sharingmemory._protocol import MAX_MESSAGE_SIZE, MajorFunction, Reply, Request, decode_reply, encode_request
 
 READY_TIMEOUT = 10.0
 
@@ -79,15 +82,18 @@ def wait_for(predicate: object, timeout: float = 5.0, interval: float = 0.01) ->
 
 
 @contextlib.contextmanager
-def start_driver(tmp_path: Path, *args: str, interval: str = "1s") -> Iterator[DriverProcess]:
+def start_driver(
+    tmp_path: Path, *args: str, interval: str = "1s", prefix: Sequence[str] = ()
+) -> Iterator[DriverProcess]:
     """Start `python -m sharingmemory -vv serve` on `tmp_path/dev/SharingMemory` and wait until
-    it logs that it listens; SIGTERM it (SIGKILL if need be) afterwards."""
+    it logs that it listens; SIGTERM it (SIGKILL if need be) afterwards. `prefix` runs the
+    driver under another command (`prlimit ...`, which must exec it)."""
     socket_path = str(tmp_path / "dev" / "SharingMemory")
     log_path = tmp_path / "driver.log"
     with open(log_path, "wb") as log:
         command = [sys.executable, "-m", "sharingmemory", "-vv", "serve", "--socket", socket_path]
         process = subprocess.Popen(
-            [*command, "--interval", interval, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            [*prefix, *command, "--interval", interval, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
     driver = DriverProcess(process, socket_path, log_path)
     try:
@@ -105,3 +111,85 @@ def start_driver(tmp_path: Path, *args: str, interval: str = "1s") -> Iterator[D
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` in KiB (VmRSS of /proc/PID/status)."""
+    return _status_field(pid, "VmRSS")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Peak resident set size of `pid` in KiB (VmHWM of /proc/PID/status)."""
+    return _status_field(pid, "VmHWM")
+
+
+def _status_field(pid: int, name: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise LookupError(f"{name} not in /proc/{pid}/status")
+
+
+class RawConnection:
+    """One connection to the device that speaks the wire protocol by hand, for tests that send
+    what the client library never would. Fds that replies bring are kept in `fds` (owned here,
+    closed by `close()`)."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.fds: list[int] = []
+        self._next_id = 1
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def send_raw(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        """One message of any bytes, with `fds` attached by SCM_RIGHTS (the caller keeps them)."""
+        if fds:
+            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        else:
+            self.sock.sendmsg([data])
+
+    def receive(self) -> Reply | None:
+        """The next reply, or None when the driver closed the connection."""
+        data, ancdata, _flags, _addr = self.sock.recvmsg(MAX_MESSAGE_SIZE + 1, socket.CMSG_SPACE(64))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                self.fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+        return decode_reply(data) if data else None
+
+    def request(
+        self, major: MajorFunction, code: int = 0, output_length: int = 0, data: bytes = b"", fds: Sequence[int] = ()
+    ) -> Reply | None:
+        """Send one well-formed request and return its reply (None: the driver hung up)."""
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        self.send_raw(encode_request(Request(major, request_id, code, output_length, data)), fds)
+        return self.receive()
+
+    def closed_by_peer(self) -> bool:
+        """Wait (up to the socket timeout) for the driver to hang up; replies before it are
+        skipped. False if the driver kept the connection open."""
+        try:
+            while self.receive() is not None:
+                pass
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

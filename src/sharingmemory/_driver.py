@@ -289,13 +289,15 @@ class Driver:
             log.debug("handle %d: page reference dropped", handle.handle_id)
             if self._mapped == 0:
                 self._free_page()
-        uid = handle.credentials.uid
-        self._open_per_uid[uid] -= 1
-        if not self._open_per_uid[uid]:
-            del self._open_per_uid[uid]
         handle.state = HandleState.CLEANED
 
     def _close(self, handle: Handle) -> None:
+        if handle.state is HandleState.CLEANED:
+            # Counted until CLOSE, not CLEANUP: a cleaned handle still holds its connection.
+            uid = handle.credentials.uid
+            self._open_per_uid[uid] -= 1
+            if not self._open_per_uid[uid]:
+                del self._open_per_uid[uid]
         handle.state = HandleState.CLOSED
         self._handles.pop(handle.handle_id, None)
         log.debug("handle %d closed", handle.handle_id)
@@ -418,7 +420,7 @@ class Driver:
 
     @property
     def open_handles(self) -> int:
-        """Handles past CREATE and not yet cleaned up (what the limits count)."""
+        """Handles past CREATE and not yet closed (what the limits count)."""
         return sum(self._open_per_uid.values())
 
     @property
