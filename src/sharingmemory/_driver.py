@@ -126,8 +126,13 @@ class SystemClock:
     def now(self) -> tuple[int, int, int]:
         realtime_ns = time.clock_gettime_ns(time.CLOCK_REALTIME)
         monotonic_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        bias = utc_offset_to_bias(time.localtime(realtime_ns // 1_000_000_000).tm_gmtoff)
-        return realtime_ns, monotonic_ns, bias
+        return realtime_ns, monotonic_ns, time_zone_bias(realtime_ns)
+
+
+def time_zone_bias(realtime_ns: int) -> int:
+    """The Windows bias (UTC minus local, 100-ns units) in force at `realtime_ns`, from the C
+    library's rules for TZ (or /etc/localtime): asked per instant, so DST needs no special case."""
+    return utc_offset_to_bias(time.localtime(realtime_ns // 1_000_000_000).tm_gmtoff)
 
 
 @dataclass(frozen=True)

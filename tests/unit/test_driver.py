@@ -179,6 +179,7 @@ def test_one_page_for_every_handle_freed_with_the_last(driver: Driver) -> None:
     assert page is not None and driver.mapped_handles == 2
     irp(driver, one, MajorFunction.IRP_MJ_CLEANUP)
     assert driver.page is page and driver.timer_deadline is not None
+    irp(driver, one, MajorFunction.IRP_MJ_CLOSE)
     driver.disconnect(two)  # the peer died: no CLEANUP was sent
     assert driver.page is None and driver.timer_deadline is None
     assert driver.mapped_handles == 0 and driver.open_handles == 0
