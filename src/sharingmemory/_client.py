@@ -340,65 +340,90 @@ class Device:
     ) -> tuple[int, int, bytes, int | None]:
         """One request and its reply: (status, information, output, fd or None)."""
         with self._lock:
-            sock = self._sock
-            if sock is None:
-                raise ValueError("I/O operation on a closed Device")
-            request_id = self._next_id
-            self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
-            data = encode_request(Request(major, request_id, code, output_length, input))
+            request_id = self._send(Request(major, 0, code, output_length, input))
+            return self._receive(major, request_id)
+
+    def _send(self, request: Request) -> int:
+        """Send `request` under a fresh id (the caller holds the lock); returns the id."""
+        sock = self._sock
+        if sock is None:
+            raise ValueError("I/O operation on a closed Device")
+        request_id = self._next_id
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
+        data = encode_request(request._replace(request_id=request_id))
+        try:
+            with _translate_os_error(self.path):
+                _unix.send(sock, data)
+        except NtStatusError:
+            self._close_socket()  # a broken connection cannot be resynchronised
+            raise
+        return request_id
+
+    def _receive(self, major: MajorFunction, request_id: int) -> tuple[int, int, bytes, int | None]:
+        """The reply to request `request_id` (the caller holds the lock), checked against it."""
+        sock = self._sock
+        if sock is None:
+            raise ValueError("I/O operation on a closed Device")
+        try:
+            with _translate_os_error(self.path):
+                message = _unix.receive(sock)
+        except NtStatusError:
+            self._close_socket()  # a timed-out or broken connection cannot be resynchronised
+            raise
+        fd = message.fds[0] if message.fds else None
+        try:
+            if message.fds[1:] or message.fds_truncated:
+                raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent more than one fd")
+            if not message.data:
+                raise DeviceNotConnected(f"the driver at {self.path} closed the connection (stopped or died)")
+            if message.oversized:
+                raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent an oversized reply")
             try:
-                with _translate_os_error(self.path):
-                    _unix.send(sock, data)
-                    message = _unix.receive(sock)
-            except NtStatusError:
-                self._close_socket()  # a timed-out or broken connection cannot be resynchronised
-                raise
-            fd = message.fds[0] if message.fds else None
-            try:
-                if message.fds[1:] or message.fds_truncated:
-                    raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent more than one fd")
-                if not message.data:
-                    raise DeviceNotConnected(f"the driver at {self.path} closed the connection (stopped or died)")
-                if message.oversized:
-                    raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent an oversized reply")
-                try:
-                    reply = decode_reply(message.data)
-                except RemoteProtocolError as err:
-                    raise exception_for(err.status, f"unreadable reply from the driver: {err}") from err
-                if reply.request_id != request_id or reply.major != major:
-                    raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "reply does not match the request")
-                if reply.has_fd != (fd is not None):
-                    raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "reply's fd flag does not match")
-                if is_error(reply.status):
-                    raise exception_for(reply.status, f"{major.name} on {self.path} failed")
-            except NtStatusError as err:
-                _unix.close_fds(message.fds)
-                if err.status in _FATAL or major is MajorFunction.IRP_MJ_CREATE:
-                    self._close_socket()  # the driver has closed its end too
-                raise
-            except BaseException:
-                _unix.close_fds(message.fds)
-                self._close_socket()
-                raise
-            return reply.status, reply.information, reply.output, fd
+                reply = decode_reply(message.data)
+            except RemoteProtocolError as err:
+                raise exception_for(err.status, f"unreadable reply from the driver: {err}") from err
+            if reply.request_id != request_id or reply.major != major:
+                raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "reply does not match the request")
+            if reply.has_fd != (fd is not None):
+                raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "reply's fd flag does not match")
+            if is_error(reply.status):
+                raise exception_for(reply.status, f"{major.name} on {self.path} failed")
+        except NtStatusError as err:
+            _unix.close_fds(message.fds)
+            if err.status in _FATAL or major is MajorFunction.IRP_MJ_CREATE:
+                self._close_socket()  # the driver has closed its end too
+            raise
+        except BaseException:
+            _unix.close_fds(message.fds)
+            self._close_socket()
+            raise
+        return reply.status, reply.information, reply.output, fd
 
     # --- closing ------------------------------------------------------------------------------
 
     def close(self) -> None:
         """CLEANUP and CLOSE, then unmap the page and close the socket. Idempotent; if the driver
-        is already gone, the local resources are still released and nothing is raised."""
+        is already gone, the local resources are still released and nothing is raised.
+
+        Both requests are sent before either reply is read: the driver handles them in order,
+        so the close costs one round trip, and when it returns the driver has released the
+        handle (a status query from anywhere no longer counts it).
+        """
         if self._sock is None:
             return
         page, self._page = self._page, None
         if page is not None:
             page.close()
-        try:
-            self._call(MajorFunction.IRP_MJ_CLEANUP)
-            self._call(MajorFunction.IRP_MJ_CLOSE)
-        except (NtStatusError, ValueError):
-            pass
-        finally:
-            self._close_socket()
+        with self._lock:
+            try:
+                cleanup = self._send(Request(MajorFunction.IRP_MJ_CLEANUP, 0))
+                close = self._send(Request(MajorFunction.IRP_MJ_CLOSE, 0))
+                self._receive(MajorFunction.IRP_MJ_CLEANUP, cleanup)
+                self._receive(MajorFunction.IRP_MJ_CLOSE, close)
+            except (NtStatusError, ValueError):
+                pass
+            finally:
+                self._close_socket()
 
     def _close_socket(self) -> None:
         sock, self._sock = self._sock, None
