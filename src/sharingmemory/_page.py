@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
+import sys
 from typing import Final, NamedTuple
 
 from ._status import InvalidDeviceState, RevisionMismatch
@@ -141,7 +142,7 @@ class PageWriter:
     a client can never steer it by what the page holds.
     """
 
-    __slots__ = ("_buffer", "_instance_id", "_interval_ns", "_seq", "_tick_count", "_writer_pid")
+    __slots__ = ("_buffer", "_instance_id", "_interval_ns", "_seq", "_seq_word", "_tick_count", "_writer_pid")
 
     def __init__(self, buffer: object, *, interval_ns: int, writer_pid: int, instance_id: bytes) -> None:
         """Zero the page and write the header with state=initializing and seq 0."""
@@ -151,6 +152,11 @@ class PageWriter:
         if len(instance_id) != 16:
             raise ValueError("instance_id must be 16 bytes")
         self._buffer = view
+        # `seq` is stored through a one-item 'Q' view: one aligned 8-byte store. struct.pack_into
+        # must not be used for it: it zeroes its target before writing (CPython's
+        # s_pack_internal), so a reader could see seq go through 0, an even value, in the middle
+        # of an update, and accept a torn snapshot (tests/soak/seqlock_torture.py caught it).
+        self._seq_word = view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
         self._seq = 0
         self._tick_count = 0
         self._interval_ns = interval_ns
@@ -175,7 +181,8 @@ class PageWriter:
         self._store(realtime_ns, monotonic_ns, time_zone_bias, self._tick_count, STATE_STOPPED)
 
     def release(self) -> None:
-        """Drop the buffer export so its owner (an mmap) can close. Idempotent."""
+        """Drop the buffer exports so their owner (an mmap) can close. Idempotent."""
+        self._seq_word.release()
         self._buffer.release()
 
     def _store(self, realtime_ns: int, monotonic_ns: int, bias: int, ticks: int, state: int) -> None:
@@ -183,13 +190,18 @@ class PageWriter:
         local_time = system_time - bias if realtime_ns else 0
         buf = self._buffer
         self._seq += 1
-        _SEQ.pack_into(buf, SEQ_OFFSET, self._seq)
+        self._seq_word[0] = _le64(self._seq)
         _FIELDS.pack_into(
             buf, 24, local_time, system_time, bias, realtime_ns, monotonic_ns,
             ticks, self._interval_ns, state, self._writer_pid, self._instance_id,
         )  # fmt: skip
         self._seq += 1
-        _SEQ.pack_into(buf, SEQ_OFFSET, self._seq)
+        self._seq_word[0] = _le64(self._seq)
+
+
+def _le64(value: int) -> int:
+    """`value` as the native u64 whose bytes are its little-endian form (the page's byte order)."""
+    return value if sys.byteorder == "little" else int.from_bytes(value.to_bytes(8, "little"), "big")
 
 
 def read_state(buffer: object) -> int:
