@@ -440,7 +440,9 @@ static enum wait_result wait_next_tick(struct device *dev, const struct sharingm
 {
     const struct sharingmemory_snapshot last = *snap;
     const int64_t interval = (int64_t)last.interval_ns;
-    const int64_t retry = interval / 10 < 1000000 ? interval / 10 : 1000000; /* min(1 ms, interval / 10) */
+    int64_t retry = interval / 10 < 1000000 ? interval / 10 : 1000000; /* min(1 ms, interval / 10) ... */
+    if (retry < 10000)
+        retry = 10000; /* ... but never a busy loop, whatever interval_ns says */
     int64_t target = (int64_t)last.monotonic_ns + interval + 200000;         /* 0.2 ms past the deadline */
     int64_t give_up = monotonic_ns() + 3 * interval + 1000000000;
 
@@ -571,14 +573,16 @@ int main(int argc, char **argv)
             status = EXIT_DRIVER_STOPPED;
             break;
         }
-        print_time(snap.local_time);
-        if (fflush(stdout) != 0) { /* a line per tick, even into a pipe */
-            error_line("stdout: %s", strerror(errno));
-            status = EXIT_ERROR;
-            break;
+        if (snap.tick_count != 0) { /* 0: the driver has not written a time yet */
+            print_time(snap.local_time);
+            if (fflush(stdout) != 0) { /* a line per tick, even into a pipe */
+                error_line("stdout: %s", strerror(errno));
+                status = EXIT_ERROR;
+                break;
+            }
+            if (count != 0 && ++shown >= count)
+                break;
         }
-        if (count != 0 && ++shown >= count)
-            break;
         switch (wait_next_tick(&dev, page, &snap, &wait_mask)) {
         case WAIT_TICK:
             break;

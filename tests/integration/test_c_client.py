@@ -191,6 +191,24 @@ def test_c_client_exits_3_when_the_driver_stops(driver: DriverProcess, read_time
     assert "driver stopped" in stderr
 
 
+def test_c_client_exits_3_when_the_driver_dies(driver: DriverProcess, read_time: Path) -> None:
+    """SIGKILL leaves the page saying "running"; the hang-up of the connection tells the client."""
+    with subprocess.Popen(
+        [str(read_time), driver.socket_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            _read_line(process)
+            driver.process.kill()
+            driver.process.wait(10)
+            _stdout, stderr = process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 3, stderr
+    assert len(stderr.splitlines()) == 1
+    assert "closed the connection" in stderr
+
+
 def test_c_client_closes_its_handle_on_sigint(driver: DriverProcess, read_time: Path) -> None:
     with subprocess.Popen(
         [str(read_time), driver.socket_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
