@@ -131,7 +131,8 @@ static uint64_t get_u64(const uint8_t *p)
 struct device {
     int sock;
     uint32_t next_request_id;
-    int gone; /* the driver closed the connection: nothing more can be sent */
+    int opened; /* CREATE succeeded: CLEANUP and CLOSE are owed */
+    int gone;   /* the driver closed the connection: nothing more can be sent */
 };
 
 struct reply {
@@ -287,6 +288,7 @@ static int device_open(struct device *dev, const char *path)
 
     dev->sock = -1;
     dev->next_request_id = 1;
+    dev->opened = 0;
     dev->gone = 0;
     if (strlen(path) >= sizeof address.sun_path) { /* unix(7): sun_path is 108 bytes */
         error_line("socket path too long for a Unix socket (%zu bytes at most): %s", sizeof address.sun_path - 1, path);
@@ -324,16 +326,18 @@ static int device_open(struct device *dev, const char *path)
                    (unsigned long)reply.status);
         return -1;
     }
+    dev->opened = 1;
     return 0;
 }
 
-/* CloseHandle: IRP_MJ_CLEANUP then IRP_MJ_CLOSE, unless the driver is gone (it cleaned up). */
+/* CloseHandle: IRP_MJ_CLEANUP then IRP_MJ_CLOSE for an opened handle, unless the driver is gone
+ * (it cleaned up by itself when the connection dropped). */
 static void device_close(struct device *dev)
 {
     struct reply reply;
     if (dev->sock < 0)
         return;
-    if (transact(dev, IRP_MJ_CLEANUP, 0, 0, &reply, "IRP_MJ_CLEANUP") == 0)
+    if (dev->opened && transact(dev, IRP_MJ_CLEANUP, 0, 0, &reply, "IRP_MJ_CLEANUP") == 0)
         transact(dev, IRP_MJ_CLOSE, 0, 0, &reply, "IRP_MJ_CLOSE");
     close(dev->sock);
     dev->sock = -1;
