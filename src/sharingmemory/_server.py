@@ -84,6 +84,8 @@ class ServerConfig:
     socket_mode: int = 0o660
     dir_mode: int = 0o750
     create_timeout: float = 5.0
+    # Seconds between WATCHDOG=1 notifications (half the service's WatchdogSec=); None: no watchdog.
+    watchdog_interval: float | None = None
 
 
 class _Connection:
@@ -276,6 +278,8 @@ class DeviceServer:
         with contextlib.suppress(OSError):  # not fatal: the tick is a timerfd; slack touches other waits
             set_timer_slack(1)
         notify(f"READY=1\nSTATUS=serving {self.socket_path}\nMAINPID={os.getpid()}")
+        if self.config.watchdog_interval is not None:
+            self._watchdog_deadline = self._clock() + self.config.watchdog_interval
         if ready is not None:
             ready()
         try:
@@ -283,7 +287,7 @@ class DeviceServer:
                 self._run_once()
         finally:
             log.info("driver stopping: %s", self._stopping or "error")
-            notify("STOPPING=1")
+            notify(f"STOPPING=1\nSTATUS=stopping: {self._stopping or 'error'}")
             if self._handle_signals:
                 signal.set_wakeup_fd(previous_wakeup)
                 for signum, handler in previous.items():
@@ -291,12 +295,40 @@ class DeviceServer:
             self.close()
 
     def _run_once(self) -> None:
-        timeout = self._next_idle_timeout()
+        timeout = self._watchdog_timeout(self._next_idle_timeout())
         for key, _mask in self._selector.select(timeout):
             callback: Callable[[object], None] = key.data
             callback(key.fileobj)
         self._expire_idle()
         self._sync_timer()
+        self._feed_watchdog()
+
+    # --- the service manager's watchdog (sd_watchdog_enabled(3)) ------------------------------
+
+    _watchdog_deadline: float | None = None
+    _watchdog_status = ""
+
+    def _watchdog_timeout(self, timeout: float | None) -> float | None:
+        """`timeout`, shortened so that select returns in time for the next WATCHDOG=1."""
+        if self._watchdog_deadline is None:
+            return timeout
+        until = max(0.0, self._watchdog_deadline - self._clock())
+        return until if timeout is None else min(timeout, until)
+
+    def _feed_watchdog(self) -> None:
+        """Send WATCHDOG=1 when due. Only the loop sends it, between two rounds of callbacks, so a
+        loop stuck in a callback or a system call stops the pings and the service manager kills
+        and restarts the driver. The status line rides along when the handle count changed."""
+        interval = self.config.watchdog_interval
+        if self._watchdog_deadline is None or interval is None:
+            return
+        now = self._clock()
+        if now < self._watchdog_deadline:
+            return
+        status = f"serving {self.socket_path}, {len(self._connections)} handle(s) open"
+        notify("WATCHDOG=1" if status == self._watchdog_status else f"WATCHDOG=1\nSTATUS={status}")
+        self._watchdog_status = status
+        self._watchdog_deadline = now + interval
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop(signal.Signals(signum).name)
