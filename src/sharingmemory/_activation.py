@@ -168,7 +168,8 @@ def activated_fd(environ: MutableMapping[str, str] | None = None, *, unset: bool
     if passed is None:
         return None
     if len(passed.fds) != 1:
-        listed = ", ".join(f"{fd} ({name})" for fd, name in zip(passed.fds, passed.names, strict=True))
+        listed = ", ".join(f"{fd} ({name})" for fd, name in zip(passed.fds[:4], passed.names[:4], strict=True))
+        listed += ", ..." if len(passed.fds) > 4 else ""
         raise DeviceConfigurationError(f"expected one socket from the service manager, got {len(passed.fds)}: {listed}")
     (fd,) = passed.fds
     return fd, check_listener(fd)
