@@ -95,11 +95,13 @@ class PageSnapshot(NamedTuple):
         return STATE_NAMES.get(self.state, f"unknown({self.state})")
 
 
-def _tuple_new(fields: tuple[object, ...]) -> PageSnapshot:
-    return tuple.__new__(PageSnapshot, fields)
+#: Builds a PageSnapshot from the tuple `unpack_from` returns without the generated
+#: `__new__`'s argument parsing: the cheapest way to name a tuple (`_make` goes through an iterable).
+_new_tuple: Final = tuple.__new__
 
 
-_make_snapshot = _tuple_new
+def _make_snapshot(fields: tuple[object, ...]) -> PageSnapshot:
+    return _new_tuple(PageSnapshot, fields)
 
 
 def check_header(buffer: object) -> None:
@@ -125,14 +127,22 @@ def read_snapshot(buffer: object) -> PageSnapshot:
     `buffer` supports the buffer protocol (mmap, bytes, memoryview). The header is not re-checked
     here: check it once with `check_header` when the page is mapped.
     """
-    unpack_guarded = _GUARDED.unpack_from
-    unpack_seq = _SEQ.unpack_from
-    for _ in range(MAX_READ_ATTEMPTS):
-        fields = unpack_guarded(buffer, SEQ_OFFSET)  # type: ignore[arg-type]
+    # The first try is written out: it is the only one a live writer ever needs, and it costs
+    # one unpack of seq and fields, one re-read of seq and one tuple.
+    fields = _unpack_guarded(buffer, SEQ_OFFSET)  # type: ignore[arg-type]
+    seq = fields[0]
+    if not seq & 1 and _unpack_seq(buffer, SEQ_OFFSET)[0] == seq:  # type: ignore[arg-type]
+        return _new_tuple(PageSnapshot, fields)
+    for _ in range(MAX_READ_ATTEMPTS - 1):
+        fields = _unpack_guarded(buffer, SEQ_OFFSET)  # type: ignore[arg-type]
         seq = fields[0]
-        if seq & 1 == 0 and unpack_seq(buffer, SEQ_OFFSET)[0] == seq:  # type: ignore[arg-type]
+        if not seq & 1 and _unpack_seq(buffer, SEQ_OFFSET)[0] == seq:  # type: ignore[arg-type]
             return _make_snapshot(fields)
     raise PageTornError("the page writer did not finish an update (driver died mid-write?)")
+
+
+_unpack_guarded: Final = _GUARDED.unpack_from
+_unpack_seq: Final = _SEQ.unpack_from
 
 
 class PageWriter:
