@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from . import _unix
-from ._driver import Credentials, Driver, DriverConfig, Handle, HandleState
+from ._driver import Completion, Credentials, Driver, DriverConfig, Handle, HandleState
 from ._notify import notify
 from ._protocol import RemoteProtocolError, Reply, decode_request, encode_reply
 from ._status import DeviceConfigurationError, NtStatus
@@ -419,7 +419,11 @@ class DeviceServer:
         if message.fds or message.fds_truncated:
             self._reply(connection, Reply(request.major, request.request_id, NtStatus.STATUS_INVALID_PARAMETER))
             return
-        completion = self.driver.dispatch(connection.handle, request)
+        try:
+            completion = self.driver.dispatch(connection.handle, request)
+        except Exception:  # a driver bug must cost one connection, never the server and its clients
+            log.exception("handle %d: driver failed on %s", connection.handle.handle_id, request.major.name)
+            completion = Completion(NtStatus.STATUS_UNSUCCESSFUL, close_connection=True)
         if connection.handle.state is not HandleState.NEW:
             self._pending.pop(connection.sock.fileno(), None)
         reply = Reply(
