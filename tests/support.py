@@ -83,15 +83,17 @@ def wait_for(predicate: object, timeout: float = 5.0, interval: float = 0.01) ->
 
 @contextlib.contextmanager
 def start_driver(
-    tmp_path: Path, *args: str, interval: str = "1s", prefix: Sequence[str] = ()
+    tmp_path: Path, *args: str, interval: str = "1s", prefix: Sequence[str] = (), verbosity: str = "-vv"
 ) -> Iterator[DriverProcess]:
     """Start `python -m sharingmemory -vv serve` on `tmp_path/dev/SharingMemory` and wait until
     it logs that it listens; SIGTERM it (SIGKILL if need be) afterwards. `prefix` runs the
-    driver under another command (`prlimit ...`, which must exec it)."""
+    driver under another command (`prlimit ...`, which must exec it); `verbosity` "" logs at
+    INFO only, for long runs."""
     socket_path = str(tmp_path / "dev" / "SharingMemory")
     log_path = tmp_path / "driver.log"
     with open(log_path, "wb") as log:
-        command = [sys.executable, "-m", "sharingmemory", "-vv", "serve", "--socket", socket_path]
+        command = [sys.executable, "-m", "sharingmemory", *([verbosity] if verbosity else []), "serve"]
+        command += ["--socket", socket_path]
         process = subprocess.Popen(
             [*prefix, *command, "--interval", interval, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )

@@ -115,7 +115,7 @@ def _spawn_readers(memory: SealedMemory, args: argparse.Namespace, instance_id: 
             try:
                 os.close(r)
                 reader(
-                    fd, args.reads // args.readers, unchecked_every=args.unchecked_every,
+                    fd, -(-args.reads // args.readers), unchecked_every=args.unchecked_every,
                     writer_pid=os.getppid(), instance_id=instance_id, out=w,
                 )  # fmt: skip
                 status = 0
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         memory.close()
     elapsed = time.perf_counter() - started
 
-    goal_reads = args.reads // args.readers * args.readers
+    goal_reads = args.reads
     reads = sum(int(result["reads"]) for result in results)
     torn: dict[str, int] = {}
     for result in results:
