@@ -15,19 +15,17 @@ import json
 import logging
 import re
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import __version__
 from ._activation import ServiceManager, service_manager
-from ._client import Device, SharedPage, open_device
+from ._client import Device
 from ._driver import MIN_INTERVAL_NS, AccessPolicy, DriverConfig
-from ._page import STATE_STOPPED, PageSnapshot
-from ._paths import DEVICE_NAME, default_socket_path
-from ._private import PrivateDriver
+from ._paths import default_socket_path
 from ._server import DeviceServer, ServerConfig, default_handle_limits, raise_fd_limit
-from ._status import DeviceNotConnected, DeviceNotFound, NtStatusError
+from ._status import NtStatusError
+from ._watch import DriverStopped, WatchOptions, open_session, run_watch, snapshot_json
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -312,41 +310,18 @@ def _write_file(path: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _open(args: argparse.Namespace, *, private_ok: bool = False) -> Iterator[Device]:
-    """Open the device named on the command line; with `private_ok` and no driver at the
-    default path, start a private driver for this session, as the seed's program does."""
-    name = args.socket or DEVICE_NAME
-    try:
-        device = open_device(name, timeout=args.timeout)
-    except DeviceNotFound:
-        if not private_ok or args.socket:
-            raise
-        with PrivateDriver(interval=args.interval) as private:
-            print(
-                f"sharingmemory: no driver at {default_socket_path()}; started a private driver (pid {private.pid})",
-                file=sys.stderr,
-            )
-            with open_device(private.socket_path, timeout=args.timeout) as device:
-                yield device
-        return
-    with device:
-        yield device
-
-
-def _snapshot_json(snap: PageSnapshot) -> dict[str, Any]:
-    data: dict[str, Any] = snap._asdict()
-    data["instance_id"] = snap.instance_id.hex()
-    data["state_name"] = snap.state_name
-    data["local_datetime"] = snap.local_datetime.isoformat()
-    data["system_datetime"] = snap.system_datetime.isoformat()
-    return data
+def _open(args: argparse.Namespace) -> Iterator[Device]:
+    """Open the device named on the command line; `read` and `status` never start a private
+    driver, since the page of a driver that stops at once would tell nothing."""
+    with open_session(args.socket, timeout=args.timeout) as session:
+        yield session.device
 
 
 def _cmd_read(args: argparse.Namespace) -> int:
     with _open(args) as device:
         snap = device.map_shared_memory().read()
     if args.json:
-        print(json.dumps(_snapshot_json(snap)))
+        print(json.dumps(snapshot_json(snap)))
     else:
         print(f"{snap.local_datetime:%Y-%m-%d %H:%M:%S%z}  tick {snap.tick_count}  {snap.state_name}")
     return EXIT_OK
@@ -366,48 +341,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def wait_next_tick(page: SharedPage, last: PageSnapshot, device: Device | None = None) -> PageSnapshot:
-    """Sleep until the tick after `last` is in the page and return it (or a stopped snapshot).
-
-    The driver's deadline is known from the page (`monotonic_ns + interval_ns`, on the same
-    system-wide CLOCK_MONOTONIC), so the reader sleeps to just past it instead of polling beside
-    a 1 Hz writer, and reads once or twice per tick. A driver silent for three intervals and a
-    second is asked for its status, which raises DeviceNotConnected when it died.
-    """
-    interval_s = last.interval_ns / 1e9
-    target = last.monotonic_ns + last.interval_ns
-    give_up = time.monotonic() + 3 * interval_s + 1.0
-    retry = min(0.001, interval_s / 10)
-    delay = (target - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9 + 0.0002
-    while True:
-        if delay > 0:
-            time.sleep(delay)
-        snap = page.read()
-        if snap.tick_count != last.tick_count or snap.state == STATE_STOPPED or snap.instance_id != last.instance_id:
-            return snap
-        if time.monotonic() > give_up:
-            if device is not None:
-                device.query_status()  # raises if the driver is gone
-            give_up = time.monotonic() + 3 * interval_s + 1.0
-        delay = retry
-
-
 def _cmd_watch(args: argparse.Namespace) -> int:
-    with _open(args, private_ok=True) as device:
-        page = device.map_shared_memory()
-        snap = page.read()
-        shown = 0
-        while True:
-            if snap.state == STATE_STOPPED:
-                raise CommandError("the driver stopped", EXIT_DRIVER_STOPPED)
-            print(f"{snap.local_datetime:%H:%M:%S}", flush=True)
-            shown += 1
-            if args.count is not None and shown >= args.count:
-                return EXIT_OK
-            try:
-                snap = wait_next_tick(page, snap, device)
-            except DeviceNotConnected as err:
-                raise CommandError("the driver stopped", EXIT_DRIVER_STOPPED) from err
+    options = WatchOptions(
+        socket=args.socket, timeout=args.timeout, interval=args.interval,
+        count=args.count, as_json=args.json, follow=args.follow,
+    )  # fmt: skip
+    try:
+        run_watch(options)
+    except DriverStopped as err:
+        raise CommandError(str(err), EXIT_DRIVER_STOPPED) from err
+    return EXIT_OK
+
+
+def _cmd_gui(args: argparse.Namespace) -> int:
+    from ._gui import GuiOptions, GuiUnavailable, run_gui  # tkinter and its window, only when asked for
+
+    try:
+        run_gui(GuiOptions(socket=args.socket, timeout=args.timeout, interval=args.interval, count=args.count))
+    except GuiUnavailable as err:
+        raise CommandError(f"error: {err}") from err
+    return EXIT_OK
 
 
 # --- the parser ---------------------------------------------------------------------------------
@@ -510,18 +463,30 @@ def build_parser() -> argparse.ArgumentParser:
         ("watch", _cmd_watch, "show the local time from the shared page at each tick"),
         ("read", _cmd_read, "print one snapshot of the shared page"),
         ("status", _cmd_status, "print the driver's handles, page and timer"),
+        ("gui", _cmd_gui, "the Kernel Timer window: the local time from the shared page at each tick"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--socket", metavar="PATH", help=socket_help)
         sub.add_argument(
             "--timeout", type=float, default=5.0, metavar="SECONDS", help="bound on each request (default 5)"
         )
-        if name == "watch":
-            sub.add_argument("--count", type=_positive, metavar="N", help="stop after N ticks")
+        if name in ("watch", "gui"):
+            sub.add_argument(
+                "--count", type=_positive, metavar="N", help="stop after N ticks" if name == "watch" else
+                "close the window by itself after N ticks",
+            )  # fmt: skip
             sub.add_argument(
                 "--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)"
             )
-        else:
+        if name == "watch":
+            sub.add_argument("--json", action="store_true", help="one JSON object per tick (JSON Lines)")
+            sub.add_argument(
+                "--follow",
+                action="store_true",
+                help="when the driver stops, wait for a new one at the same path and go on "
+                "(waits for the first one too; never starts a private driver)",
+            )
+        elif name != "gui":
             sub.add_argument("--json", action="store_true", help="one JSON object")
         sub.set_defaults(func=func)
     return parser

@@ -1,0 +1,505 @@
+"""`sharingmemory watch`: the seed's "Kernel Timer" dialog as a live terminal display.
+
+Theory of operation. The seed's program read the page every 1000 ms beside a driver that also
+wrote it every 1000 ms, so it skipped or repeated a second. `watch` waits for the tick instead
+(`SharedPage.wait_next`: the driver's per-handle eventfd, or a sleep to the deadline the page
+announces) and shows each tick once. What it shows depends on where it writes:
+
+* a terminal: one frame redrawn in place with ANSI cursor movement (no curses, so nothing to
+  install and nothing to break on a dumb console), in colour unless NO_COLOR is set
+  (https://no-color.org) or TERM=dumb; TERM=dumb gets the plain lines below, since it cannot
+  move the cursor either;
+* anything else (a pipe, a file): one plain line per tick that starts with HH:MM:SS;
+* `--json`: one JSON object per tick, the page's fields plus ISO datetimes.
+
+Lifetime. A driver that stops (state=stopped in the page, or its socket hung up) ends the watch
+with `DriverStopped`, unless `follow`: then the device's path is retried with backoff until a
+driver serves it again, the new page is mapped and the display goes on, saying that the
+instance changed. The terminal is restored on every way out, Ctrl-C included (the caller turns
+KeyboardInterrupt into exit status 130).
+
+This module owns the front end's session too (`open_session`): the device, or, when none runs
+at the default path, a private driver started for the session, as the seed's program loaded
+its own driver. `read`, `status` and the GUI open the device through it as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TextIO
+
+from ._client import Device, SharedPage, open_device
+from ._page import STATE_INITIALIZING, STATE_RUNNING, STATE_STOPPED, PageSnapshot
+from ._paths import DEVICE_NAME, default_socket_path, resolve_device_name
+from ._private import PrivateDriver
+from ._status import DeviceNotConnected, DeviceNotFound, IoTimeout
+
+#: Backoff of `--follow` while no driver serves the path: first retry, growth, ceiling (seconds).
+FOLLOW_FIRST_RETRY: Final = 0.05
+FOLLOW_MAX_RETRY: Final = 2.0
+
+
+class DriverStopped(Exception):  # noqa: N818 - an event, named like the statuses of _status
+    """The driver went away while it was being watched: it wrote state=stopped, or its socket
+    hung up. The message is the one line to show."""
+
+
+# --- the session: a device, or a private driver and its device ----------------------------------
+
+
+@dataclass
+class Session:
+    """One open handle and where it came from. `private_pid` is the pid of a driver started
+    for this session only (it stops when the session ends), None for a driver already running."""
+
+    device: Device
+    path: str
+    private_pid: int | None = None
+
+    @property
+    def page(self) -> SharedPage:
+        """The shared page, mapped on first use (IOCTL_GIVE_ME_YOUR_MEMORY)."""
+        return self.device.map_shared_memory()
+
+
+@contextlib.contextmanager
+def open_session(
+    socket: str | None,
+    *,
+    timeout: float,
+    interval: str = "1s",
+    private_ok: bool = False,
+    announce: TextIO | None = None,
+) -> Iterator[Session]:
+    """Open the device at `socket` (None: the default path). With `private_ok` and no driver at
+    the default path, start a private driver for this session instead, and say so on `announce`.
+
+    A driver at an explicitly named path is never replaced by a private one: the user asked for
+    that one. Raises DeviceNotFound (no driver), AccessDenied, DeviceConfigurationError (the
+    private driver did not start). The handle is closed, and a private driver stopped, on exit.
+    """
+    name = socket or DEVICE_NAME
+    try:
+        device = open_device(name, timeout=timeout)
+    except DeviceNotFound:
+        if not private_ok or socket:
+            raise
+        with PrivateDriver(interval=interval) as private:
+            if announce is not None:
+                where = default_socket_path()
+                print(
+                    f"sharingmemory: no driver at {where}; started a private driver (pid {private.pid})", file=announce
+                )
+                announce.flush()
+            with open_device(private.socket_path, timeout=timeout) as device:
+                yield Session(device, private.socket_path, private.pid)
+        return
+    with device:
+        yield Session(device, device.path)
+
+
+def next_tick(session: Session, last: PageSnapshot) -> PageSnapshot:
+    """Block until the tick after `last` (or a stopped page) and return it.
+
+    Uses `SharedPage.wait_next`, which blocks on the driver's tick eventfd and never polls
+    beside the writer. A driver silent for three intervals and a second is asked for its status,
+    which raises DeviceNotConnected when it died without a word (SIGKILL).
+    """
+    page = session.page
+    patience = 3 * last.interval_ns / 1e9 + 1.0
+    while True:
+        try:
+            return page.wait_next(timeout=patience)
+        except TimeoutError:
+            if session.device.closed:  # a request already found the connection broken
+                raise DeviceNotConnected(f"the driver at {session.path} went away") from None
+            session.device.query_status()
+
+
+# --- what is shown ---------------------------------------------------------------------------
+
+
+def snapshot_json(snap: PageSnapshot) -> dict[str, Any]:
+    """The page's fields as JSON-ready values, plus the state's name and ISO datetimes."""
+    data: dict[str, Any] = snap._asdict()
+    data["instance_id"] = snap.instance_id.hex()
+    data["state_name"] = snap.state_name
+    data["local_datetime"] = snap.local_datetime.isoformat()
+    data["system_datetime"] = snap.system_datetime.isoformat()
+    return data
+
+
+class LatenessMeter:
+    """How late each tick was written, from the page alone.
+
+    The driver's deadlines are its first write plus whole intervals (missed ones are skipped,
+    never bunched), and the page holds the write's CLOCK_MONOTONIC time. So a tick's lateness is
+    its write time past the grid `anchor + k * interval`. The anchor is exact once tick 1 was
+    seen (a session that created the page always sees it); otherwise it is the most punctual
+    write seen so far, which makes the figure a lower bound that tightens as ticks go by.
+    """
+
+    def __init__(self) -> None:
+        self._instance: bytes | None = None
+        self._phase = 0
+        self._exact = False
+
+    def measure(self, snap: PageSnapshot) -> int | None:
+        """Lateness of `snap`'s write in ns; None when the page holds no tick of a running timer."""
+        interval = snap.interval_ns
+        if snap.state != STATE_RUNNING or interval <= 0 or snap.tick_count == 0:
+            return None
+        phase = snap.monotonic_ns % interval
+        if snap.instance_id != self._instance:
+            self._instance, self._phase, self._exact = snap.instance_id, phase, False
+        if snap.tick_count == 1:
+            self._phase, self._exact = phase, True
+            return 0
+        late = (phase - self._phase) % interval
+        if not self._exact and late > interval // 2:  # earlier than the anchor: a better anchor
+            self._phase = phase
+            return 0
+        return late
+
+
+@dataclass
+class Frame:
+    """Everything one tick's display shows."""
+
+    snap: PageSnapshot
+    late_ns: int | None
+    path: str
+    private_pid: int | None
+    notice: str = ""
+    gone: bool = False  # the driver hung up without writing state=stopped
+
+
+def describe_lateness(late_ns: int | None) -> str:
+    if late_ns is None:
+        return "late -"
+    if late_ns < 1_000_000:
+        return f"late {late_ns / 1000:.0f} us"
+    return f"late {late_ns / 1e6:.1f} ms"
+
+
+def describe_interval(interval_ns: int) -> str:
+    if interval_ns % 1_000_000_000 == 0:
+        return f"{interval_ns // 1_000_000_000} s"
+    return f"{interval_ns / 1e6:g} ms"
+
+
+def plain_line(frame: Frame) -> str:
+    """One line per tick for pipes and files: HH:MM:SS first, so `cut -c1-8` gives the time."""
+    snap = frame.snap
+    return (
+        f"{snap.local_datetime:%H:%M:%S}  tick {snap.tick_count}  {describe_lateness(frame.late_ns)}  "
+        f"{snap.state_name}  pid {snap.writer_pid}  instance {snap.instance_id.hex()[:8]}"
+    )
+
+
+class Display:
+    """Where frames go. The base class writes plain lines; notices go to stderr, one line each,
+    so stdout stays one line per tick for the programs that read it."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out = out
+        self.err = err
+
+    def show(self, frame: Frame) -> None:
+        print(plain_line(frame), file=self.out, flush=True)
+
+    def notice(self, text: str, frame: Frame | None) -> None:
+        print(f"sharingmemory: {text}", file=self.err, flush=True)
+
+    def __enter__(self) -> Display:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+class JsonDisplay(Display):
+    """One JSON object per tick on stdout (JSON Lines)."""
+
+    def show(self, frame: Frame) -> None:
+        data = snapshot_json(frame.snap)
+        data["late_ns"] = frame.late_ns
+        print(json.dumps(data), file=self.out, flush=True)
+
+
+# Big digits, five rows of three "pixels"; each pixel is drawn two cells wide so it looks square.
+_FONT: Final = {
+    "0": ("###", "#.#", "#.#", "#.#", "###"),
+    "1": (".#.", "##.", ".#.", ".#.", "###"),
+    "2": ("###", "..#", "###", "#..", "###"),
+    "3": ("###", "..#", ".##", "..#", "###"),
+    "4": ("#.#", "#.#", "###", "..#", "..#"),
+    "5": ("###", "#..", "###", "..#", "###"),
+    "6": ("###", "#..", "###", "#.#", "###"),
+    "7": ("###", "..#", ".#.", ".#.", ".#."),
+    "8": ("###", "#.#", "###", "#.#", "###"),
+    "9": ("###", "#.#", "###", "..#", "###"),
+    ":": (".", "#", ".", "#", "."),
+}
+
+
+def big_text(text: str) -> list[str]:
+    """`text` (digits and colons) as five rows of block characters."""
+    rows = []
+    for row in range(5):
+        glyphs = ["".join("██" if pixel == "#" else "  " for pixel in _FONT[char][row]) for char in text]
+        rows.append("  ".join(glyphs))
+    return rows
+
+
+# Select Graphic Rendition codes (ECMA-48).
+_RESET: Final = "\x1b[0m"
+_BOLD: Final = "1"
+_DIM: Final = "2"
+_RED: Final = "31"
+_GREEN: Final = "32"
+_YELLOW: Final = "33"
+_CYAN: Final = "36"
+_STATE_COLOURS: Final = {STATE_RUNNING: _GREEN, STATE_INITIALIZING: _YELLOW, STATE_STOPPED: _RED}
+
+
+class TerminalDisplay(Display):
+    """A frame redrawn in place: the cursor goes back up over the last frame, the new one is
+    written over it line by line and the rest of the screen below is cleared, in one write, so
+    nothing flickers. The cursor is hidden while it runs and shown again on exit."""
+
+    def __init__(self, out: TextIO, err: TextIO, *, colour: bool) -> None:
+        super().__init__(out, err)
+        self.colour = colour
+        self._drawn = 0
+        self._last: Frame | None = None
+
+    def __enter__(self) -> TerminalDisplay:
+        self.out.write("\x1b[?25l")
+        self.out.flush()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.out.write((_RESET if self.colour else "") + "\x1b[?25h")
+            self.out.flush()
+
+    def show(self, frame: Frame) -> None:
+        self._last = frame
+        self._draw(self.render(frame, shutil.get_terminal_size().columns))
+
+    def notice(self, text: str, frame: Frame | None) -> None:
+        frame = frame or self._last
+        if frame is None:
+            super().notice(text, None)
+            return
+        frame.notice = text
+        self.show(frame)
+
+    def _paint(self, text: str, *codes: str) -> str:
+        if not self.colour or not codes:
+            return text
+        return f"\x1b[{';'.join(codes)}m{text}{_RESET}"
+
+    def render(self, frame: Frame, width: int) -> list[str]:
+        """The frame's lines, each cut to `width` - 1 columns so none wraps (a wrapped line
+        would throw the cursor arithmetic of the next redraw off)."""
+        snap = frame.snap
+        local = snap.local_datetime
+        limit = max(width - 1, 20)
+        state = "gone" if frame.gone else snap.state_name
+        state_colour = _RED if frame.gone else _STATE_COLOURS.get(snap.state, _YELLOW)
+        late_colour = _GREEN
+        if frame.late_ns is None or frame.late_ns >= 100_000_000:
+            late_colour = _RED if frame.late_ns is not None else _DIM
+        elif frame.late_ns >= 5_000_000:
+            late_colour = _YELLOW
+        where = frame.path + (f"  (private driver, pid {frame.private_pid})" if frame.private_pid else "")
+        offset = local.strftime("%z")
+        rows: list[tuple[str, tuple[str, ...]]] = [
+            (f" Kernel Timer  {where}", (_DIM,)),
+            ("", ()),
+        ]
+        clock = local.strftime("%H:%M:%S")
+        big = big_text(clock)
+        clock_colour = (_DIM,) if state != "running" else (_BOLD, _CYAN)
+        if len(big[0]) + 2 <= limit:
+            rows += [(f"  {line}", clock_colour) for line in big]
+        else:
+            rows.append((f"  {clock}", clock_colour))
+        rows += [
+            ("", ()),
+            (f"  {local:%A %d %B %Y}   UTC{offset[:3]}:{offset[3:]}", (_BOLD,)),
+            (f"  UTC      {snap.system_datetime:%H:%M:%S}", ()),
+        ]
+        lines = [self._cut(text, limit, codes) for text, codes in rows]
+        tick = f"{snap.tick_count:<8} every {describe_interval(snap.interval_ns)}   "
+        lines.append(
+            self._cut("  tick     " + tick, limit, ()) + self._paint(describe_lateness(frame.late_ns), late_colour)
+        )
+        lines.append(
+            self._cut("  driver   ", limit, ())
+            + self._paint(f"● {state}", state_colour, _BOLD)
+            + self._cut(
+                f"   pid {snap.writer_pid}   instance {snap.instance_id.hex()}", limit - 11 - len(state) - 2, ()
+            )
+        )
+        lines.append(self._cut(f"  {frame.notice}", limit, (_YELLOW, _BOLD)) if frame.notice else "")
+        lines.append(self._cut("  Ctrl-C quits", limit, (_DIM,)))
+        return lines
+
+    def _cut(self, text: str, limit: int, codes: tuple[str, ...]) -> str:
+        return self._paint(text[: max(limit, 0)], *codes)
+
+    def _draw(self, lines: list[str]) -> None:
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        body = "".join(f"{line}\x1b[K\n" for line in lines)
+        self.out.write(f"{up}{body}\x1b[J")
+        self.out.flush()
+        self._drawn = len(lines)
+
+
+def wants_colour(environ: Mapping[str, str]) -> bool:
+    """Colour unless NO_COLOR is set to anything non-empty (no-color.org) or TERM is dumb."""
+    return not environ.get("NO_COLOR") and environ.get("TERM", "") != "dumb"
+
+
+def choose_display(out: TextIO, err: TextIO, *, as_json: bool) -> Display:
+    """JSON if asked; the live frame on a terminal that can move its cursor; plain lines else."""
+    if as_json:
+        return JsonDisplay(out, err)
+    try:
+        terminal = out.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if terminal and os.environ.get("TERM", "") not in ("", "dumb"):
+        return TerminalDisplay(out, err, colour=wants_colour(os.environ))
+    return Display(out, err)
+
+
+# --- the watch loop -------------------------------------------------------------------------
+
+
+@dataclass
+class WatchOptions:
+    """`watch`'s command line: the device, how many ticks, how to show them, whether to follow."""
+
+    socket: str | None = None
+    timeout: float = 5.0
+    interval: str = "1s"
+    count: int | None = None
+    as_json: bool = False
+    follow: bool = False
+
+
+def run_watch(options: WatchOptions, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Show the page at each tick until `options.count` ticks were shown.
+
+    Raises DriverStopped when the driver goes away (unless following), DeviceNotFound /
+    AccessDenied when the device cannot be opened, KeyboardInterrupt on Ctrl-C; the terminal is
+    restored before any of them leaves.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    with choose_display(out, err, as_json=options.as_json) as display:
+        _Watch(options, display, err).run()
+
+
+class _Watch:
+    """The state of one `watch`: ticks shown, the instance last seen, the lateness meter."""
+
+    def __init__(self, options: WatchOptions, display: Display, err: TextIO) -> None:
+        self.options = options
+        self.display = display
+        self.err = err
+        self.shown = 0
+        self.meter = LatenessMeter()
+        self.instance: bytes | None = None
+        self.last: Frame | None = None
+
+    def run(self) -> None:
+        while True:
+            with self._session() as session:
+                if self._watch(session):
+                    return
+                private = session.private_pid is not None
+            reason = "the private driver stopped" if private else "the driver stopped"
+            if not self.options.follow or private:
+                raise DriverStopped(self._stopped_text(reason))
+            self.display.notice(f"{reason}; waiting for a driver at {session.path}", self.last)
+
+    def _stopped_text(self, reason: str) -> str:
+        if self.last is None:
+            return reason
+        snap = self.last.snap
+        return f"{reason} (pid {snap.writer_pid}, instance {snap.instance_id.hex()[:8]}, after tick {snap.tick_count})"
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        """The next session: at once, or with `follow`, once a driver serves the path. A
+        follower never starts a private driver: it waits for the one the user runs."""
+        options = self.options
+        if not options.follow:
+            with open_session(
+                options.socket, timeout=options.timeout, interval=options.interval, private_ok=True, announce=self.err
+            ) as session:
+                yield session
+            return
+        delay = FOLLOW_FIRST_RETRY
+        path = resolve_device_name(options.socket or DEVICE_NAME)
+        waiting_said = self.last is not None  # the stop notice already said it waits
+        while True:
+            stack = contextlib.ExitStack()
+            try:
+                session = stack.enter_context(open_session(path, timeout=options.timeout))
+            except (DeviceNotFound, DeviceNotConnected, IoTimeout):
+                if not waiting_said:
+                    self.display.notice(f"no driver at {path}; waiting for one", self.last)
+                    waiting_said = True
+                time.sleep(delay)
+                delay = min(delay * 2, FOLLOW_MAX_RETRY)
+                continue
+            with stack:
+                yield session
+            return
+
+    def _watch(self, session: Session) -> bool:
+        """Show ticks from `session` until `count` is reached (True) or the driver stops (False)."""
+        try:
+            snap = session.page.read()
+        except DeviceNotConnected:
+            return False
+        notice, notice_until = "", 0
+        if self.instance is not None and snap.instance_id != self.instance:
+            notice = f"new driver: instance {snap.instance_id.hex()[:8]} (was {self.instance.hex()[:8]})"
+            notice_until = self.shown + 5  # long enough to be read on the live display
+            if not isinstance(self.display, TerminalDisplay):
+                self.display.notice(f"{notice}, pid {snap.writer_pid}", None)
+        self.instance = snap.instance_id
+        while True:
+            if self.shown >= notice_until:
+                notice = ""
+            frame = Frame(snap, self.meter.measure(snap), session.path, session.private_pid, notice)
+            self.last = frame
+            if snap.state == STATE_STOPPED:
+                if isinstance(self.display, TerminalDisplay):
+                    self.display.show(frame)
+                return False
+            self.display.show(frame)
+            self.shown += 1
+            if self.options.count is not None and self.shown >= self.options.count:
+                return True
+            try:
+                snap = next_tick(session, snap)
+            except DeviceNotConnected:
+                frame.gone = True
+                if isinstance(self.display, TerminalDisplay):
+                    self.display.show(frame)
+                return False
