@@ -32,5 +32,11 @@ test: lint typecheck
 watch: $(BIN)/pytest
 	$(BIN)/sharingmemory watch
 
+## The benchmark suite (< 10 min): figures and plots into docs/performance.md and docs/performance/.
+bench: $(BIN)/pytest
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	command -v redis-server >/dev/null || apt-get install -y redis-server || echo "redis-server unavailable: its peer is skipped"
+	$(BIN)/python -m benchmarks
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
