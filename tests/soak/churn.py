@@ -185,11 +185,13 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         # Warm up (lazy imports, allocator arenas, dict sizes), then take the baseline.
         _run_workers(driver.socket_path, args, min(500, args.cycles), 2, driver.pid)
         m["base_fds"], m["base_rss"] = len(os.listdir(fd_dir)), rss_kib(driver.pid)
+        m["load_start"] = os.getloadavg()[0]
         keeper = driver.open()
         first = keeper.map_shared_memory().read()
         started = time.monotonic()
         m["reports"], m["max_rss"] = _run_workers(driver.socket_path, args, args.cycles, args.workers, driver.pid)
         m["elapsed"] = time.monotonic() - started
+        m["load_end"] = os.getloadavg()[0]
         m["status"] = keeper.query_status()
         m["ticks"] = keeper.map_shared_memory().read().tick_count - first.tick_count
         keeper.close()
@@ -225,6 +227,7 @@ def _report(args: argparse.Namespace, m: dict[str, Any]) -> int:
     for key, count in sorted(problems.items()):
         figures.record(f"  {key}", count)
     figures.record("seconds", round(m["elapsed"], 1))
+    figures.record("load average (1 min) at start / end", f"{m['load_start']:.2f} / {m['load_end']:.2f}")
     figures.record("cycles per second", round(cycles / m["elapsed"]))
     figures.record("driver alive", m["alive"], "True", m["alive"])
     base_fds, end_fds = m["base_fds"], m["end_fds"]

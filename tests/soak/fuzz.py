@@ -354,6 +354,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         fd_dir, path = f"/proc/{driver.pid}/fd", driver.socket_path
         _result(_spawn("--worker", path, "--messages", "2000", "--seed", "0"))  # warm up
         m["base_fds"], m["base_rss"] = len(os.listdir(fd_dir)), rss_kib(driver.pid)
+        m["load_start"] = os.getloadavg()[0]
         watcher = _spawn("--reader", path, stdin=subprocess.PIPE)
         assert watcher.stdout is not None and watcher.stdin is not None
         watcher.stdout.readline()  # "ready": the page is mapped
@@ -372,6 +373,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             m["max_rss"] = max(m["max_rss"], rss_kib(driver.pid))
             time.sleep(0.5)
         m["elapsed"] = time.monotonic() - started
+        m["load_end"] = os.getloadavg()[0]
         m["workers"] = [_result(process) for process in workers]
         m["flood"] = _result(flood)
         m["reader"] = _result(watcher, stdin="")  # end of its stdin: the reader stops
@@ -407,6 +409,7 @@ def _report(args: argparse.Namespace, m: dict[str, Any]) -> int:
     for name, count in sorted(failures.items()):
         figures.record(f"  {name}", count)
     figures.record("seconds", round(m["elapsed"], 1))
+    figures.record("load average (1 min) at start / end", f"{m['load_start']:.2f} / {m['load_end']:.2f}")
     figures.record("messages per second", round(sent / m["elapsed"]))
     flood = m["flood"]
     figures.record("idle connections opened", flood.get("opened", 0), "> 0", flood.get("opened", 0) > 0)
