@@ -26,6 +26,7 @@ import json
 import os
 import random
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -107,7 +108,7 @@ def _killed_cycle(path: str, phase: str, rng: random.Random) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
-def worker(path: str, cycles: int, kill_fraction: float, seed: int) -> dict[str, Any]:
+def worker(path: str, cycles: int, kill_fraction: float, seed: int, phases: list[str]) -> dict[str, Any]:
     rng = random.Random(seed)
     result: dict[str, Any] = {"cycles": 0, "clean": 0, "killed": 0, "not_killed": 0, "problems": {}}
     killed_at = dict.fromkeys(PHASES, 0)
@@ -115,7 +116,7 @@ def worker(path: str, cycles: int, kill_fraction: float, seed: int) -> dict[str,
         result["cycles"] += 1
         try:
             if rng.random() < kill_fraction:
-                phase = rng.choice(PHASES)
+                phase = rng.choice(phases)
                 if _killed_cycle(path, phase, rng):
                     result["killed"] += 1
                     killed_at[phase] += 1
@@ -145,6 +146,7 @@ def _run_workers(path: str, args: argparse.Namespace, cycles: int, workers: int,
         count = min(share, cycles - n * share)
         command = [sys.executable, "-m", "tests.soak.churn", "--worker", path, "--cycles", str(count)]
         command += ["--kill-fraction", str(args.kill_fraction), "--seed", str(args.seed * 1000 + n)]
+        command += ["--phases", args.phases]
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
     max_rss = 0
     while any(process.poll() is None for process in processes):
@@ -164,14 +166,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-fraction", type=float, default=0.25, help="share of cycles SIGKILLed (default 0.25)")
     parser.add_argument("--interval", default="20ms", help="the driver's timer period (default 20ms)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"where the kills happen, comma-separated (default {','.join(PHASES)})",
+    )
+    parser.add_argument(
+        "--driver-prefix", default="", help='run the driver under this command, e.g. "nice -n -5" or "chrt -f 10"'
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--worker", metavar="SOCKET", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.cycles, args.kill_fraction, args.seed)))
+        print(json.dumps(worker(args.worker, args.cycles, args.kill_fraction, args.seed, args.phases.split(","))))
         return 0
 
     return _report(args, _measure(args))
+
+
+def _driver_prefix(args: argparse.Namespace) -> list[str]:
+    return shlex.split(args.driver_prefix)
 
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,7 +193,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     m: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="sharingmemory-churn-") as tmp,
-        start_driver(Path(tmp), interval=args.interval, verbosity="") as driver,
+        start_driver(Path(tmp), interval=args.interval, verbosity="", prefix=_driver_prefix(args)) as driver,
     ):
         fd_dir = f"/proc/{driver.pid}/fd"
         # Warm up (lazy imports, allocator arenas, dict sizes), then take the baseline.
@@ -240,6 +254,7 @@ def _report(args: argparse.Namespace, m: dict[str, Any]) -> int:
     figures.record("ticks seen by the keeper", m["ticks"])
     status = m["status"]
     figures.record("timer interval (ms)", interval_ns / 1e6)
+    figures.record("driver run under", args.driver_prefix or "(nothing)")
     figures.record("late ticks (late by >= 1 interval)", status.late_ticks, "0", status.late_ticks == 0)
     lateness_goal = f"< {interval_ns / 1e6:g}"
     figures.record(

@@ -22,6 +22,7 @@ import json
 import os
 import random
 import select
+import shlex
 import socket
 import struct
 import subprocess
@@ -343,12 +344,21 @@ def _result(process: subprocess.Popen[str], stdin: str | None = None) -> dict[st
     return json.loads(lines[-1]) if process.returncode == 0 and lines else {"failed": process.returncode}
 
 
+def _driver_prefix(args: argparse.Namespace) -> list[str]:
+    return shlex.split(args.driver_prefix)
+
+
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     m: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="sharingmemory-fuzz-") as tmp,
         start_driver(
-            Path(tmp), "--create-timeout", str(args.create_timeout), interval=args.interval, verbosity=""
+            Path(tmp),
+            "--create-timeout",
+            str(args.create_timeout),
+            interval=args.interval,
+            verbosity="",
+            prefix=_driver_prefix(args),
         ) as driver,
     ):
         fd_dir, path = f"/proc/{driver.pid}/fd", driver.socket_path
@@ -436,6 +446,7 @@ def _report(args: argparse.Namespace, m: dict[str, Any]) -> int:
     status = m["status"]
     interval_ns = parse_duration(args.interval)
     figures.record("timer interval (ms)", interval_ns / 1e6)
+    figures.record("driver run under", args.driver_prefix or "(nothing)")
     figures.record("late ticks (late by >= 1 interval)", status.late_ticks, "0", status.late_ticks == 0)
     figures.record("handles at end", status.handles - 1, "0", status.handles == 1)
     return figures.report(as_json=args.json)
@@ -450,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-rounds", type=int, default=5, help="rounds of idle connections (default 5)")
     parser.add_argument("--flood-connections", type=int, default=500, help="idle connections per round (default 500)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--driver-prefix", default="", help='run the driver under this command, e.g. "nice -n -5" or "chrt -f 10"'
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--worker", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--reader", metavar="SOCKET", help=argparse.SUPPRESS)
