@@ -17,10 +17,11 @@ from pathlib import Path
 
 from sharingmemory import Device, open_device
 
-from ._common import Config, Figure, Section, median, percentile, spawn
+from ._common import Config, Figure, Section, median, percentile, spawn, stop
 from ._plots import line_chart
 
 GOAL = 1.2
+HANDLES_PER_HOLDER = 4_000
 INTERVAL_NS = 10_000_000
 
 
@@ -34,6 +35,8 @@ def run(config: Config) -> Section:
         section.note(f"10,000 handles skipped: RLIMIT_NOFILE hard limit is {limit}")
     settle = 1.0 if config.smoke else 3.0
     devices: list[Device] = []
+    holders: list[subprocess.Popen[bytes]] = []
+    held = 1  # this process holds the first handle
     rss_points, cost_points = [], []
     with tempfile.TemporaryDirectory(prefix="smbench-scale-") as tmp:
         socket_path, out_path = str(Path(tmp) / "dev.sock"), Path(tmp) / "ticks.json"
@@ -50,7 +53,8 @@ def run(config: Config) -> Section:
             rss_points.append((1.0, one_rss / 1024))
             cost_points.append((1.0, one_cost[0]))
             for target in targets:
-                cost, rss = _grow(devices, target, socket_path, server=server, out_path=out_path, settle=settle)
+                held = _grow(holders, held, target, socket_path)
+                cost, rss = _tick_costs(server, out_path, settle), _rss_kib(server.pid)
                 _add_figures(section, target, cost, rss, one=(one_cost, one_rss))
                 rss_points.append((float(target), rss / 1024))
                 cost_points.append((float(target), cost[0]))
@@ -60,6 +64,8 @@ def run(config: Config) -> Section:
         finally:
             for device in devices:
                 device.close()
+            for holder in holders:
+                stop(holder, timeout=60)
             server.send_signal(signal.SIGTERM)
             try:
                 server.wait(30)
@@ -76,21 +82,19 @@ def run(config: Config) -> Section:
     return section
 
 
-def _grow(
-    devices: list[Device],
-    target: int,
-    socket_path: str,
-    *,
-    server: subprocess.Popen[bytes],
-    out_path: Path,
-    settle: float,
-) -> tuple[tuple[float, float], int]:
-    """Open handles with the page mapped until there are `target`; then (tick costs, driver RSS KiB)."""
-    while len(devices) < target:
-        device = open_device(socket_path)
-        devices.append(device)
-        device.map_shared_memory()
-    return _tick_costs(server, out_path, settle), _rss_kib(server.pid)
+def _grow(holders: list[subprocess.Popen[bytes]], held: int, target: int, socket_path: str) -> int:
+    """Start holder processes until `target` handles are open with the page mapped (this process
+    holds the first one). A Python client needs two fds per mapped handle: chunks stay far below
+    RLIMIT_NOFILE. Returns the handles held now."""
+    while held < target:
+        chunk = min(HANDLES_PER_HOLDER, target - held)
+        holder = spawn("_hold", socket_path, str(chunk), stdin=subprocess.PIPE)
+        holders.append(holder)
+        assert holder.stdout is not None
+        if holder.stdout.readline().strip() != b"held":
+            raise RuntimeError(f"a holder could not open {chunk} handles")
+        held += chunk
+    return held
 
 
 def _add_figures(
