@@ -1,6 +1,6 @@
 """`sharingmemory gui`: the seed's "Kernel Timer" dialog, as a small Tk window.
 
-Theory of operation. The window belongs to one session (`_watch.open_session`): the device, or
+Theory of operation. The window belongs to one session (`_session.open_session`): the device, or
 a private driver started for it when none runs at the default path. Everything happens on Tk's
 event loop, and only there: after each tick the next update is scheduled with `after()` for just
 past the deadline the page announces (`monotonic_ns + interval_ns`), so the window reads the page
@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from ._display import LatenessMeter, describe_interval, describe_lateness
 from ._page import STATE_RUNNING, STATE_STOPPED, PageSnapshot
+from ._session import Session, open_session
 from ._status import NtStatusError
 from ._ticks import next_deadline_delay, retry_step
-from ._watch import LatenessMeter, Session, describe_interval, describe_lateness, open_session
 
 if TYPE_CHECKING:
     import tkinter as tk

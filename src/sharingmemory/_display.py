@@ -1,0 +1,284 @@
+"""What `watch` shows: a live terminal frame, plain lines, or JSON Lines, one per tick.
+
+Theory of operation. Where the display writes decides its form:
+
+* a terminal: one frame redrawn in place with ANSI cursor movement (no curses, so nothing to
+  install and nothing to break on a dumb console), in colour unless NO_COLOR is set
+  (https://no-color.org); TERM=dumb gets the plain lines below, since it cannot move the
+  cursor either;
+* anything else (a pipe, a file): one plain line per tick that starts with HH:MM:SS;
+* `--json`: one JSON object per tick, the page's fields plus ISO datetimes.
+
+Pure presentation: a `Frame` in, text out. It reads no page and opens no device, so the GUI
+shares its lateness meter and its wording.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TextIO
+
+from ._page import STATE_INITIALIZING, STATE_RUNNING, STATE_STOPPED, PageSnapshot
+
+
+def snapshot_json(snap: PageSnapshot) -> dict[str, Any]:
+    """The page's fields as JSON-ready values, plus the state's name and ISO datetimes."""
+    data: dict[str, Any] = snap._asdict()
+    data["instance_id"] = snap.instance_id.hex()
+    data["state_name"] = snap.state_name
+    data["local_datetime"] = snap.local_datetime.isoformat()
+    data["system_datetime"] = snap.system_datetime.isoformat()
+    return data
+
+
+class LatenessMeter:
+    """How late each tick was written, from the page alone.
+
+    The driver's deadlines are its first write plus whole intervals (missed ones are skipped,
+    never bunched), and the page holds the write's CLOCK_MONOTONIC time. So a tick's lateness is
+    its write time past the grid `anchor + k * interval`. The anchor is exact once tick 1 was
+    seen (a session that created the page always sees it); otherwise it is the most punctual
+    write seen so far, which makes the figure a lower bound that tightens as ticks go by.
+    """
+
+    def __init__(self) -> None:
+        self._instance: bytes | None = None
+        self._phase = 0
+        self._exact = False
+
+    def measure(self, snap: PageSnapshot) -> int | None:
+        """Lateness of `snap`'s write in ns; None when the page holds no tick of a running timer."""
+        interval = snap.interval_ns
+        if snap.state != STATE_RUNNING or interval <= 0 or snap.tick_count == 0:
+            return None
+        phase = snap.monotonic_ns % interval
+        if snap.instance_id != self._instance:
+            self._instance, self._phase, self._exact = snap.instance_id, phase, False
+        if snap.tick_count == 1:
+            self._phase, self._exact = phase, True
+            return 0
+        late = (phase - self._phase) % interval
+        if not self._exact and late > interval // 2:  # earlier than the anchor: a better anchor
+            self._phase = phase
+            return 0
+        return late
+
+
+@dataclass
+class Frame:
+    """Everything one tick's display shows."""
+
+    snap: PageSnapshot
+    late_ns: int | None
+    path: str
+    private_pid: int | None
+    notice: str = ""
+    gone: bool = False  # the driver hung up without writing state=stopped
+
+
+def describe_lateness(late_ns: int | None) -> str:
+    if late_ns is None:
+        return "late -"
+    if late_ns < 1_000_000:
+        return f"late {late_ns / 1000:.0f} us"
+    return f"late {late_ns / 1e6:.1f} ms"
+
+
+def describe_interval(interval_ns: int) -> str:
+    if interval_ns % 1_000_000_000 == 0:
+        return f"{interval_ns // 1_000_000_000} s"
+    return f"{interval_ns / 1e6:g} ms"
+
+
+def plain_line(frame: Frame) -> str:
+    """One line per tick for pipes and files: HH:MM:SS first, so `cut -c1-8` gives the time."""
+    snap = frame.snap
+    return (
+        f"{snap.local_datetime:%H:%M:%S}  tick {snap.tick_count}  {describe_lateness(frame.late_ns)}  "
+        f"{snap.state_name}  pid {snap.writer_pid}  instance {snap.instance_id.hex()[:8]}"
+    )
+
+
+class Display:
+    """Where frames go. The base class writes plain lines; notices go to stderr, one line each,
+    so stdout stays one line per tick for the programs that read it."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out = out
+        self.err = err
+
+    def show(self, frame: Frame) -> None:
+        print(plain_line(frame), file=self.out, flush=True)
+
+    def notice(self, text: str, frame: Frame | None) -> None:
+        print(f"sharingmemory: {text}", file=self.err, flush=True)
+
+    def __enter__(self) -> Display:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+class JsonDisplay(Display):
+    """One JSON object per tick on stdout (JSON Lines)."""
+
+    def show(self, frame: Frame) -> None:
+        data = snapshot_json(frame.snap)
+        data["late_ns"] = frame.late_ns
+        print(json.dumps(data), file=self.out, flush=True)
+
+
+# Big digits, five rows of three "pixels"; each pixel is drawn two cells wide so it looks square.
+_FONT: Final = {
+    "0": ("###", "#.#", "#.#", "#.#", "###"),
+    "1": (".#.", "##.", ".#.", ".#.", "###"),
+    "2": ("###", "..#", "###", "#..", "###"),
+    "3": ("###", "..#", ".##", "..#", "###"),
+    "4": ("#.#", "#.#", "###", "..#", "..#"),
+    "5": ("###", "#..", "###", "..#", "###"),
+    "6": ("###", "#..", "###", "#.#", "###"),
+    "7": ("###", "..#", ".#.", ".#.", ".#."),
+    "8": ("###", "#.#", "###", "#.#", "###"),
+    "9": ("###", "#.#", "###", "..#", "###"),
+    ":": (".", "#", ".", "#", "."),
+}
+
+
+def big_text(text: str) -> list[str]:
+    """`text` (digits and colons) as five rows of block characters."""
+    rows = []
+    for row in range(5):
+        glyphs = ["".join("██" if pixel == "#" else "  " for pixel in _FONT[char][row]) for char in text]
+        rows.append("  ".join(glyphs))
+    return rows
+
+
+# Select Graphic Rendition codes (ECMA-48).
+_RESET: Final = "\x1b[0m"
+_BOLD: Final = "1"
+_DIM: Final = "2"
+_RED: Final = "31"
+_GREEN: Final = "32"
+_YELLOW: Final = "33"
+_CYAN: Final = "36"
+_STATE_COLOURS: Final = {STATE_RUNNING: _GREEN, STATE_INITIALIZING: _YELLOW, STATE_STOPPED: _RED}
+
+
+class TerminalDisplay(Display):
+    """A frame redrawn in place: the cursor goes back up over the last frame, the new one is
+    written over it line by line and the rest of the screen below is cleared, in one write, so
+    nothing flickers. The cursor is hidden while it runs and shown again on exit."""
+
+    def __init__(self, out: TextIO, err: TextIO, *, colour: bool) -> None:
+        super().__init__(out, err)
+        self.colour = colour
+        self._drawn = 0
+        self._last: Frame | None = None
+
+    def __enter__(self) -> TerminalDisplay:
+        self.out.write("\x1b[?25l")
+        self.out.flush()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.out.write((_RESET if self.colour else "") + "\x1b[?25h")
+            self.out.flush()
+
+    def show(self, frame: Frame) -> None:
+        self._last = frame
+        self._draw(self.render(frame, shutil.get_terminal_size().columns))
+
+    def notice(self, text: str, frame: Frame | None) -> None:
+        frame = frame or self._last
+        if frame is None:
+            super().notice(text, None)
+            return
+        frame.notice = text
+        self.show(frame)
+
+    def _paint(self, text: str, *codes: str) -> str:
+        if not self.colour or not codes:
+            return text
+        return f"\x1b[{';'.join(codes)}m{text}{_RESET}"
+
+    def render(self, frame: Frame, width: int) -> list[str]:
+        """The frame's lines, each cut to `width` - 1 columns so none wraps (a wrapped line
+        would throw the cursor arithmetic of the next redraw off)."""
+        snap = frame.snap
+        local = snap.local_datetime
+        limit = max(width - 1, 20)
+        state = "gone" if frame.gone else snap.state_name
+        state_colour = _RED if frame.gone else _STATE_COLOURS.get(snap.state, _YELLOW)
+        late_colour = _GREEN
+        if frame.late_ns is None or frame.late_ns >= 100_000_000:
+            late_colour = _RED if frame.late_ns is not None else _DIM
+        elif frame.late_ns >= 5_000_000:
+            late_colour = _YELLOW
+        where = frame.path + (f"  (private driver, pid {frame.private_pid})" if frame.private_pid else "")
+        offset = local.strftime("%z")
+        rows: list[tuple[str, tuple[str, ...]]] = [
+            (f" Kernel Timer  {where}", (_DIM,)),
+            ("", ()),
+        ]
+        clock = local.strftime("%H:%M:%S")
+        big = big_text(clock)
+        clock_colour = (_DIM,) if state != "running" else (_BOLD, _CYAN)
+        if len(big[0]) + 2 <= limit:
+            rows += [(f"  {line}", clock_colour) for line in big]
+        else:
+            rows.append((f"  {clock}", clock_colour))
+        rows += [
+            ("", ()),
+            (f"  {local:%A %d %B %Y}   UTC{offset[:3]}:{offset[3:]}", (_BOLD,)),
+            (f"  UTC      {snap.system_datetime:%H:%M:%S}", ()),
+        ]
+        lines = [self._cut(text, limit, codes) for text, codes in rows]
+        tick = f"{snap.tick_count:<8} every {describe_interval(snap.interval_ns)}   "
+        lines.append(
+            self._cut("  tick     " + tick, limit, ()) + self._paint(describe_lateness(frame.late_ns), late_colour)
+        )
+        lines.append(
+            self._cut("  driver   ", limit, ())
+            + self._paint(f"● {state}", state_colour, _BOLD)
+            + self._cut(
+                f"   pid {snap.writer_pid}   instance {snap.instance_id.hex()}", limit - 11 - len(state) - 2, ()
+            )
+        )
+        lines.append(self._cut(f"  {frame.notice}", limit, (_YELLOW, _BOLD)) if frame.notice else "")
+        lines.append(self._cut("  Ctrl-C quits", limit, (_DIM,)))
+        return lines
+
+    def _cut(self, text: str, limit: int, codes: tuple[str, ...]) -> str:
+        return self._paint(text[: max(limit, 0)], *codes)
+
+    def _draw(self, lines: list[str]) -> None:
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        body = "".join(f"{line}\x1b[K\n" for line in lines)
+        self.out.write(f"{up}{body}\x1b[J")
+        self.out.flush()
+        self._drawn = len(lines)
+
+
+def wants_colour(environ: Mapping[str, str]) -> bool:
+    """Colour unless NO_COLOR is set to anything non-empty (no-color.org) or TERM is dumb."""
+    return not environ.get("NO_COLOR") and environ.get("TERM", "") != "dumb"
+
+
+def choose_display(out: TextIO, err: TextIO, *, as_json: bool) -> Display:
+    """JSON if asked; the live frame on a terminal that can move its cursor; plain lines else."""
+    if as_json:
+        return JsonDisplay(out, err)
+    try:
+        terminal = out.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if terminal and os.environ.get("TERM", "") not in ("", "dumb"):
+        return TerminalDisplay(out, err, colour=wants_colour(os.environ))
+    return Display(out, err)

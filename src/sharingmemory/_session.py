@@ -1,0 +1,90 @@
+"""The front ends' session: one open handle, to a running driver or to a private one.
+
+The seed's program loaded its own driver when it started and unloaded it when it quit. `watch`
+and `gui` do the same when no driver runs at the default path: `open_session` starts a private
+driver on a temporary socket (`_private.PrivateDriver`), and stops it when the session ends. A
+driver at an explicitly named path is never replaced by a private one: the user asked for that
+one. `read` and `status` open sessions too, without the private fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from ._client import Device, SharedPage, open_device
+from ._page import PageSnapshot
+from ._paths import DEVICE_NAME, default_socket_path
+from ._private import PrivateDriver
+from ._status import DeviceNotConnected, DeviceNotFound
+
+
+@dataclass
+class Session:
+    """One open handle and where it came from. `private_pid` is the pid of a driver started
+    for this session only (it stops when the session ends), None for a driver already running."""
+
+    device: Device
+    path: str
+    private_pid: int | None = None
+
+    @property
+    def page(self) -> SharedPage:
+        """The shared page, mapped on first use (IOCTL_GIVE_ME_YOUR_MEMORY)."""
+        return self.device.map_shared_memory()
+
+
+@contextlib.contextmanager
+def open_session(
+    socket: str | None,
+    *,
+    timeout: float,
+    interval: str = "1s",
+    private_ok: bool = False,
+    announce: TextIO | None = None,
+) -> Iterator[Session]:
+    """Open the device at `socket` (None: the default path). With `private_ok` and no driver at
+    the default path, start a private driver for this session instead, and say so on `announce`.
+
+    A driver at an explicitly named path is never replaced by a private one: the user asked for
+    that one. Raises DeviceNotFound (no driver), AccessDenied, DeviceConfigurationError (the
+    private driver did not start). The handle is closed, and a private driver stopped, on exit.
+    """
+    name = socket or DEVICE_NAME
+    try:
+        device = open_device(name, timeout=timeout)
+    except DeviceNotFound:
+        if not private_ok or socket:
+            raise
+        with PrivateDriver(interval=interval) as private:
+            if announce is not None:
+                where = default_socket_path()
+                print(
+                    f"sharingmemory: no driver at {where}; started a private driver (pid {private.pid})", file=announce
+                )
+                announce.flush()
+            with open_device(private.socket_path, timeout=timeout) as device:
+                yield Session(device, private.socket_path, private.pid)
+        return
+    with device:
+        yield Session(device, device.path)
+
+
+def next_tick(session: Session, last: PageSnapshot) -> PageSnapshot:
+    """Block until the tick after `last` (or a stopped page) and return it.
+
+    Uses `SharedPage.wait_next`, which blocks on the driver's tick eventfd and never polls
+    beside the writer. A driver silent for three intervals and a second is asked for its status,
+    which raises DeviceNotConnected when it died without a word (SIGKILL).
+    """
+    page = session.page
+    patience = 3 * last.interval_ns / 1e9 + 1.0
+    while True:
+        try:
+            return page.wait_next(timeout=patience)
+        except TimeoutError:
+            if session.device.closed:  # a request already found the connection broken
+                raise DeviceNotConnected(f"the driver at {session.path} went away") from None
+            session.device.query_status()
