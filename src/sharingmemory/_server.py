@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import resource
 import selectors
 import signal
 import socket
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,12 +36,12 @@ from . import _unix
 from ._driver import Completion, Credentials, Driver, DriverConfig, Handle, HandleState
 from ._notify import notify
 from ._protocol import RemoteProtocolError, Reply, decode_request, encode_reply
-from ._status import DeviceConfigurationError, NtStatus
+from ._socket_file import SocketFile, check_socket_path
+from ._status import NtStatus
 from ._timerfd import MonotonicTimer, set_timer_slack
 
 log = logging.getLogger("sharingmemory.server")
 
-_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
 _ACCEPTS_PER_WAKEUP = 64
 #: fds the server needs besides its handles: listener, timerfd, wake-up pair, lock, the page
 #: (memfd and mmap's dup), one reader fd in flight, logging, and a margin for connections that
@@ -99,102 +97,6 @@ class _Connection:
         self.idle_deadline = idle_deadline
 
 
-def check_socket_path(path: str) -> str:
-    """An absolute, normalised socket path, or DeviceConfigurationError saying what is wrong."""
-    if not path or "\0" in path:
-        raise DeviceConfigurationError(f"invalid socket path {path!r}")
-    path = os.path.abspath(path)
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise DeviceConfigurationError(f"socket path is longer than {_SUN_PATH_MAX} bytes: {path}")
-    return path
-
-
-def _prepare_directory(directory: str, mode: int) -> None:
-    """Create the socket's directory, or refuse one another user could tamper with."""
-    try:
-        os.mkdir(directory, mode)
-        os.chmod(directory, mode)  # mkdir's mode is filtered by the umask
-        log.debug("directory %s created (mode %o)", directory, mode)
-        return
-    except FileExistsError:
-        pass
-    except OSError as err:
-        raise DeviceConfigurationError(f"cannot create socket directory {directory}: {err.strerror}") from err
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode):
-        raise DeviceConfigurationError(f"{directory} is not a directory (a symlink is refused too)")
-    if info.st_uid not in (0, os.getuid()):
-        raise DeviceConfigurationError(f"{directory} belongs to uid {info.st_uid}; refusing to serve from it")
-    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
-        raise DeviceConfigurationError(f"{directory} is writable by everyone; refusing to serve from it")
-
-
-class _SocketFile:
-    """The bound socket file and its lock file (`PATH.lock`), which makes one driver per path.
-
-    The lock is an flock held for the server's life: the kernel drops it when the process dies
-    however it dies, so a socket left by a killed driver is reclaimed by the next one, and a
-    live driver is never displaced. Closing unlinks the socket only if it is still ours.
-    """
-
-    _lock_fd: int = -1
-    _inode: tuple[int, int] | None = None
-
-    def __init__(self, path: str, *, socket_mode: int, dir_mode: int) -> None:
-        self.path = path
-        self.lock_path = path + ".lock"
-        directory = os.path.dirname(path)
-        _prepare_directory(directory, dir_mode)
-        try:
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as err:
-            raise DeviceConfigurationError(f"cannot open lock file {self.lock_path}: {err.strerror}") from err
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            self.close()
-            raise DeviceConfigurationError(f"another driver (pid {holder}) already serves {path}") from None
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(info.st_mode):
-                self.close()
-                raise DeviceConfigurationError(f"{path} exists and is not a socket; refusing to replace it")
-            os.unlink(path)
-            log.info("stale socket %s reclaimed (its driver is gone)", path)
-
-    def bind(self, sock: socket.socket, mode: int) -> None:
-        try:
-            sock.bind(self.path)
-            os.chmod(self.path, mode)
-        except OSError as err:
-            raise DeviceConfigurationError(f"cannot bind {self.path}: {err.strerror}") from err
-        info = os.lstat(self.path)
-        self._inode = (info.st_dev, info.st_ino)
-
-    def close(self) -> None:
-        """Unlink the socket (if still ours) and the lock file, release the lock. Idempotent."""
-        if self._inode is not None:
-            try:
-                info = os.lstat(self.path)
-                if (info.st_dev, info.st_ino) == self._inode:
-                    os.unlink(self.path)
-                    log.debug("socket %s removed", self.path)
-            except OSError:
-                pass
-            self._inode = None
-        fd, self._lock_fd = self._lock_fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.unlink(self.lock_path)
-            os.close(fd)
-
-
 class DeviceServer:
     """The daemon: binds the device socket, runs the loop, unloads the driver on the way out.
 
@@ -215,7 +117,7 @@ class DeviceServer:
         self.config = config
         self._clock = clock
         self._handle_signals = handle_signals
-        self._socket_file: _SocketFile | None = None
+        self._socket_file: SocketFile | None = None
         self._connections: dict[int, _Connection] = {}
         # Connections still waiting for CREATE, oldest first: their deadlines are in insertion
         # order (one constant timeout), so the loop looks at the head only and a tick never
@@ -230,7 +132,7 @@ class DeviceServer:
         try:
             if listener is None:
                 path = check_socket_path(config.socket_path)
-                self._socket_file = _SocketFile(path, socket_mode=config.socket_mode, dir_mode=config.dir_mode)
+                self._socket_file = SocketFile(path, dir_mode=config.dir_mode)
                 listener = _unix.seqpacket_socket()
                 try:
                     self._socket_file.bind(listener, config.socket_mode)

@@ -1,0 +1,103 @@
+"""`sharingmemory serve`: options to a ServerConfig, the service manager's part, --check-config.
+
+The daemon itself is `_server.DeviceServer`; this module turns the command line and the
+environment systemd leaves (a passed socket, a watchdog period) into its configuration, and
+refuses, before anything is created, what the server would only find out too late: a socket
+mode that locks everyone out is accepted by the kernel without a word.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+
+from ._activation import ServiceManager, service_manager
+from ._driver import AccessPolicy, DriverConfig
+from ._exits import EXIT_OK, EXIT_USAGE, CommandError
+from ._paths import default_socket_path
+from ._server import DeviceServer, ServerConfig, default_handle_limits, raise_fd_limit
+from ._socket_file import check_socket_location
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+
+    policy = AccessPolicy(uids=frozenset({os.getuid(), *args.allow_uid}), gids=frozenset(args.allow_gid))
+    max_handles, max_per_uid = default_handle_limits(raise_fd_limit())
+    try:
+        driver = DriverConfig(
+            interval_ns=args.interval, policy=policy,
+            max_handles=args.max_handles or max_handles, max_handles_per_uid=args.max_handles_per_uid or max_per_uid,
+        )  # fmt: skip
+    except ValueError as err:
+        raise CommandError(str(err), EXIT_USAGE) from err
+    config = ServerConfig(
+        socket_path=args.socket or default_socket_path(), driver=driver,
+        socket_mode=args.socket_mode, dir_mode=args.dir_mode, create_timeout=args.create_timeout,
+    )  # fmt: skip
+    passed = service_manager(take=not args.check_config)
+    config = _under_service_manager(args, config, passed)
+    if args.check_config:
+        print(f"configuration OK: {_describe_serve(config, passed)}")
+        return EXIT_OK
+    with DeviceServer(config, listener=passed.listener) as server:
+        server.serve_forever()
+    return EXIT_OK
+
+
+def _under_service_manager(args: argparse.Namespace, config: ServerConfig, passed: ServiceManager) -> ServerConfig:
+    """`config` as the service manager changes it (its socket replaces --socket, its watchdog
+    is fed), after the checks the server would make too late or not at all: a socket mode that
+    locks everyone out is accepted by the kernel without a word. With --check-config the
+    socket's place is checked as the server would check it, but nothing is created."""
+
+    try:
+        if passed.watchdog_interval is not None:
+            config = dataclasses.replace(config, watchdog_interval=passed.watchdog_interval)
+        if passed.socket_name is None:
+            _check_modes(config)
+            if args.check_config:
+                check_socket_location(config.socket_path)
+            return config
+        if args.socket and os.path.abspath(args.socket) != passed.socket_name:
+            raise CommandError(
+                f"--socket {args.socket} is not the socket the service manager passed ({passed.socket_name})",
+                EXIT_USAGE,
+            )
+        logging.getLogger("sharingmemory.cli").info("socket %s passed by the service manager", passed.socket_name)
+        return dataclasses.replace(config, socket_path=passed.socket_name)
+    except BaseException:
+        if passed.listener is not None:
+            passed.listener.close()
+        raise
+
+
+def _check_modes(config: ServerConfig) -> None:
+    if not config.socket_mode & 0o200:
+        raise CommandError(
+            f"--socket-mode {config.socket_mode:04o} denies the owner write permission, which connect(2) needs",
+            EXIT_USAGE,
+        )
+    if config.dir_mode & 0o700 != 0o700:
+        raise CommandError(
+            f"--dir-mode {config.dir_mode:04o} denies the owner rwx on the directory the socket is created in",
+            EXIT_USAGE,
+        )
+    if config.dir_mode & 0o002:
+        raise CommandError(
+            f"--dir-mode {config.dir_mode:04o} makes the directory writable by everyone, which the driver refuses",
+            EXIT_USAGE,
+        )
+
+
+def _describe_serve(config: ServerConfig, passed: ServiceManager) -> str:
+
+    if passed.socket_name is not None:
+        where = f"socket {passed.socket_name} (passed by the service manager)"
+    else:
+        where = f"socket {os.path.abspath(config.socket_path)}"
+    text = f"{where}, interval {config.driver.interval_ns / 1e6:g} ms"
+    if config.watchdog_interval is not None:
+        text += f", WATCHDOG=1 every {config.watchdog_interval:g} s"
+    return text

@@ -1,0 +1,160 @@
+"""The device's socket file: its path, its directory, and the lock that makes it one driver's.
+
+Theory of operation. The seed's `IoCreateDevice` fails when the name exists; ours has to be as
+strict about a path in a shared filesystem. `SocketFile` owns three things: the directory it may
+create (mode 0750 by default), the lock file `PATH.lock`, and the bound socket file, and it
+releases them in reverse. The rules, in one place for the server and for `serve
+--check-config` (which applies them without creating anything):
+
+* the path is absolute once resolved and fits `sockaddr_un.sun_path`;
+* the directory is a real directory (not a symlink), owned by us or root, and not writable by
+  everyone unless sticky;
+* an existing file at the path is replaced only if it is a socket, and only while we hold the
+  lock: its driver is then certainly gone (a stale socket), never a live one.
+
+The lock is an flock held for the server's life; the kernel drops it when the process dies
+however it dies, so the next driver reclaims the socket, and a live driver is never displaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import stat
+
+from ._status import DeviceConfigurationError
+
+log = logging.getLogger("sharingmemory.server")
+
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+
+
+def check_socket_path(path: str) -> str:
+    """An absolute, normalised socket path, or DeviceConfigurationError saying what is wrong."""
+    if not path or "\0" in path:
+        raise DeviceConfigurationError(f"invalid socket path {path!r}")
+    path = os.path.abspath(path)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise DeviceConfigurationError(f"socket path is longer than {_SUN_PATH_MAX} bytes: {path}")
+    return path
+
+
+def _refuse_unsafe_directory(directory: str, info: os.stat_result) -> None:
+    if not stat.S_ISDIR(info.st_mode):
+        raise DeviceConfigurationError(f"{directory} is not a directory (a symlink is refused too)")
+    if info.st_uid not in (0, os.getuid()):
+        raise DeviceConfigurationError(f"{directory} belongs to uid {info.st_uid}; refusing to serve from it")
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise DeviceConfigurationError(f"{directory} is writable by everyone; refusing to serve from it")
+
+
+def _refuse_non_socket(path: str) -> bool:
+    """Whether a socket exists at `path`; DeviceConfigurationError if anything else does."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(info.st_mode):
+        raise DeviceConfigurationError(f"{path} exists and is not a socket; refusing to replace it")
+    return True
+
+
+def prepare_directory(directory: str, mode: int) -> None:
+    """Create the socket's directory, or refuse one another user could tamper with."""
+    try:
+        os.mkdir(directory, mode)
+        os.chmod(directory, mode)  # mkdir's mode is filtered by the umask
+        log.debug("directory %s created (mode %o)", directory, mode)
+        return
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise DeviceConfigurationError(f"cannot create socket directory {directory}: {err.strerror}") from err
+    _refuse_unsafe_directory(directory, os.lstat(directory))
+
+
+def check_socket_location(path: str) -> str:
+    """The checks `SocketFile` makes, made without creating, locking or unlinking anything (for
+    `serve --check-config`); returns the resolved path."""
+    path = check_socket_path(path)
+    directory = os.path.dirname(path)
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        parent = os.path.dirname(directory)
+        if not os.path.isdir(parent):
+            raise DeviceConfigurationError(f"cannot create socket directory {directory}: {parent} is missing") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DeviceConfigurationError(f"cannot create socket directory {directory}: permission denied") from None
+        return path
+    _refuse_unsafe_directory(directory, info)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DeviceConfigurationError(f"cannot create the socket in {directory}: permission denied")
+    _refuse_non_socket(path)
+    return path
+
+
+class SocketFile:
+    """The bound socket file and its lock file (`PATH.lock`), which makes one driver per path.
+
+    Construction prepares the directory, takes the lock (or raises, naming the pid of the driver
+    that holds it) and removes a stale socket; `bind` binds and sets the mode; `close` unlinks
+    the socket only if it is still ours, then the lock file, and is idempotent.
+    """
+
+    _lock_fd: int = -1
+    _inode: tuple[int, int] | None = None
+
+    def __init__(self, path: str, *, dir_mode: int) -> None:
+        self.path = path
+        self.lock_path = path + ".lock"
+        prepare_directory(os.path.dirname(path), dir_mode)
+        try:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise DeviceConfigurationError(f"cannot open lock file {self.lock_path}: {err.strerror}") from err
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            self.close()
+            raise DeviceConfigurationError(f"another driver (pid {holder}) already serves {path}") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            stale = _refuse_non_socket(path)
+        except DeviceConfigurationError:
+            self.close()
+            raise
+        if stale:
+            os.unlink(path)
+            log.info("stale socket %s reclaimed (its driver is gone)", path)
+
+    def bind(self, sock: socket.socket, mode: int) -> None:
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, mode)
+        except OSError as err:
+            raise DeviceConfigurationError(f"cannot bind {self.path}: {err.strerror}") from err
+        info = os.lstat(self.path)
+        self._inode = (info.st_dev, info.st_ino)
+
+    def close(self) -> None:
+        """Unlink the socket (if still ours) and the lock file, release the lock. Idempotent."""
+        if self._inode is not None:
+            try:
+                info = os.lstat(self.path)
+                if (info.st_dev, info.st_ino) == self._inode:
+                    os.unlink(self.path)
+                    log.debug("socket %s removed", self.path)
+            except OSError:
+                pass
+            self._inode = None
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)
+            os.close(fd)
