@@ -23,7 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -383,10 +383,9 @@ def _unsafe_too_long(tmp: Path) -> str:
     ],
     ids=["world-writable-dir", "dir-of-another-uid", "symlink-dir", "regular-file", "too-long"],
 )
-def test_unsafe_socket_paths_are_refused_in_one_line(tmp_path: Path, make: object, says: str) -> None:
-    if "other" in str(make) and os.getuid() != 0:
+def test_unsafe_socket_paths_are_refused_in_one_line(tmp_path: Path, make: Callable[[Path], str], says: str) -> None:
+    if make is _unsafe_other_owner and os.getuid() != 0:
         pytest.skip("needs root to give a directory to another uid")
-    assert callable(make)
     path = make(tmp_path)
     result = _serve(path)
     assert result.returncode == 1
