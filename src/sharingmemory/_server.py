@@ -47,6 +47,8 @@ _ACCEPTS_PER_WAKEUP = 64
 #: (memfd and mmap's dup), one reader fd in flight, logging, and a margin for connections that
 #: have not sent CREATE yet.
 FD_RESERVE = 64
+#: Connections one uid may hold before their CREATE (a burst of honest clients stays far below).
+MAX_PENDING_PER_UID = 256
 #: fds one handle may hold at most: its socket and its tick eventfd.
 FDS_PER_HANDLE = 2
 
@@ -123,6 +125,7 @@ class DeviceServer:
         # order (one constant timeout), so the loop looks at the head only and a tick never
         # costs more with many open handles.
         self._pending: dict[int, _Connection] = {}
+        self._pending_per_uid: dict[int, int] = {}
         self._selector = selectors.DefaultSelector()
         self._stopping: str | None = None
         self._accept_paused = False
@@ -279,11 +282,18 @@ class DeviceServer:
         except OSError:
             sock.close()
             return
+        if self._pending_per_uid.get(uid, 0) >= MAX_PENDING_PER_UID:
+            # The handle limits count CREATEd handles; this bounds what one uid can hold before
+            # CREATE, so an idle-connection flood costs only its own uid the wait for a slot.
+            log.debug("connection from uid %d refused: %d already waiting for CREATE", uid, MAX_PENDING_PER_UID)
+            sock.close()
+            return
         handle = self.driver.connect(Credentials(pid, uid, gid))
         deadline = self._clock() + self.config.create_timeout
         connection = _Connection(sock, handle, deadline)
         self._connections[sock.fileno()] = connection
         self._pending[sock.fileno()] = connection
+        self._pending_per_uid[uid] = self._pending_per_uid.get(uid, 0) + 1
         self._selector.register(sock, selectors.EVENT_READ, self._on_readable)
 
     def _on_readable(self, sock: object) -> None:
@@ -327,7 +337,7 @@ class DeviceServer:
             log.exception("handle %d: driver failed on %s", connection.handle.handle_id, request.major.name)
             completion = Completion(NtStatus.STATUS_UNSUCCESSFUL, close_connection=True)
         if connection.handle.state is not HandleState.NEW:
-            self._pending.pop(connection.sock.fileno(), None)
+            self._forget_pending(connection)
         reply = Reply(
             request.major, request.request_id, completion.status, completion.information,
             completion.output, completion.fd is not None,
@@ -352,13 +362,20 @@ class DeviceServer:
         fileno = connection.sock.fileno()
         if self._connections.pop(fileno, None) is None:
             return
-        self._pending.pop(fileno, None)
+        self._forget_pending(connection)
         self._selector.unregister(connection.sock)
         self.driver.disconnect(connection.handle)
         connection.sock.close()
         if self._accept_paused:
             self._accept_paused = False
             self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
+
+    def _forget_pending(self, connection: _Connection) -> None:
+        if self._pending.pop(connection.sock.fileno(), None) is not None:
+            uid = connection.handle.credentials.uid
+            self._pending_per_uid[uid] -= 1
+            if not self._pending_per_uid[uid]:
+                del self._pending_per_uid[uid]
 
     def _next_idle_timeout(self) -> float | None:
         for connection in self._pending.values():

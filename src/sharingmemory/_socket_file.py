@@ -30,6 +30,7 @@ from ._status import DeviceConfigurationError
 log = logging.getLogger("sharingmemory.server")
 
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+_LOCK_ATTEMPTS = 5
 
 
 def check_socket_path(path: str) -> str:
@@ -112,16 +113,7 @@ class SocketFile:
         self.path = path
         self.lock_path = path + ".lock"
         prepare_directory(os.path.dirname(path), dir_mode)
-        try:
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as err:
-            raise DeviceConfigurationError(f"cannot open lock file {self.lock_path}: {err.strerror}") from err
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            self.close()
-            raise DeviceConfigurationError(f"another driver (pid {holder}) already serves {path}") from None
+        self._take_lock()
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -134,11 +126,17 @@ class SocketFile:
             log.info("stale socket %s reclaimed (its driver is gone)", path)
 
     def bind(self, sock: socket.socket, mode: int) -> None:
+        """Bind `sock` at the path with `mode`. The umask is narrowed around bind(2), so the
+        socket never exists with a wider mode, not even until the chmod (the server is single
+        threaded while it starts, so the process-wide umask is ours to borrow)."""
+        previous = os.umask(0o777 & ~mode)
         try:
             sock.bind(self.path)
             os.chmod(self.path, mode)
         except OSError as err:
             raise DeviceConfigurationError(f"cannot bind {self.path}: {err.strerror}") from err
+        finally:
+            os.umask(previous)
         info = os.lstat(self.path)
         self._inode = (info.st_dev, info.st_ino)
 
@@ -153,8 +151,49 @@ class SocketFile:
             except OSError:
                 pass
             self._inode = None
+        self._release_lock(unlink=True)
+
+    def _take_lock(self) -> None:
+        """Open and flock `PATH.lock`, or raise naming the pid of the driver that holds it.
+
+        A driver that stops unlinks its lock file; one starting at that moment may have opened
+        the old file and then get its lock, which excludes nobody: the next start opens a new
+        file. So the lock counts only if the locked file is still the one at the path, and the
+        attempt is repeated otherwise (it can only lose to a stopping driver a few times).
+        """
+        for _ in range(_LOCK_ATTEMPTS):
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            except OSError as err:
+                raise DeviceConfigurationError(f"cannot open lock file {self.lock_path}: {err.strerror}") from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise DeviceConfigurationError(f"another driver (pid {holder}) already serves {self.path}") from None
+            if _is_file_at(fd, self.lock_path):
+                self._lock_fd = fd
+                return
+            os.close(fd)
+        raise DeviceConfigurationError(f"cannot lock {self.lock_path}: it keeps being replaced")
+
+    def _release_lock(self, *, unlink: bool) -> None:
+        """Close the lock fd (which drops the flock); unlink the lock file only if it is ours."""
         fd, self._lock_fd = self._lock_fd, -1
-        if fd >= 0:
+        if fd < 0:
+            return
+        if unlink and _is_file_at(fd, self.lock_path):
             with contextlib.suppress(OSError):
                 os.unlink(self.lock_path)
-            os.close(fd)
+        os.close(fd)
+
+
+def _is_file_at(fd: int, path: str) -> bool:
+    """Whether `fd` is the file now at `path` (not one unlinked or replaced since it was opened)."""
+    try:
+        on_disk = os.lstat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

@@ -491,6 +491,25 @@ def test_connection_without_create_is_closed_after_the_timeout(tmp_path: Path) -
         assert "no CREATE within 0.3 s" in driver.log()
 
 
+def test_one_uid_cannot_hold_more_than_its_share_of_connections_before_create(tmp_path: Path) -> None:
+    from sharingmemory._server import MAX_PENDING_PER_UID
+
+    with start_driver(tmp_path, "--create-timeout", "60") as driver, contextlib.ExitStack() as stack:
+        idle = [stack.enter_context(RawConnection(driver.socket_path)) for _ in range(MAX_PENDING_PER_UID)]
+        extra = stack.enter_context(RawConnection(driver.socket_path))
+        assert extra.closed_by_peer()  # over the share: closed at once, not after the timeout
+        assert not idle[0].closed_by_peer()
+        idle[0].close()
+
+        def accepted() -> bool:
+            with RawConnection(driver.socket_path) as probe:
+                return not probe.closed_by_peer()
+
+        assert wait_for(accepted, timeout=5)
+        with driver.open() as device:  # a handle that CREATEs at once: room is made as idle ones go
+            assert device.query_status().pid == driver.pid
+
+
 @pytest.mark.parametrize("size", [MAX_MESSAGE_SIZE + 1, 200_000])
 def test_oversized_message_is_refused_and_closed(driver: DriverProcess, size: int) -> None:
     with RawConnection(driver.socket_path) as raw:
