@@ -86,9 +86,10 @@ def run(config: Config) -> Section:
 def _lateness_figures(section: Section, who: str, tag: str, driver_late: list[float], floor_late: list[float]) -> None:
     floor_p99 = percentile(floor_late, 99)
     p99 = percentile(driver_late, 99)
-    section.add(Figure(f"floor {tag}: p50", percentile(floor_late, 50), "us"))
-    section.add(Figure(f"floor {tag}: p99", floor_p99, "us"))
-    section.add(Figure(f"floor {tag}: max", max(floor_late, default=0), "us"))
+    floor = "floor" if who == "driver" else f"floor beside {who}"
+    section.add(Figure(f"{floor} {tag}: p50", percentile(floor_late, 50), "us"))
+    section.add(Figure(f"{floor} {tag}: p99", floor_p99, "us"))
+    section.add(Figure(f"{floor} {tag}: max", max(floor_late, default=0), "us"))
     section.add(Figure(f"{who} {tag}: p50", percentile(driver_late, 50), "us"))
     ratio = p99 / floor_p99 if floor_p99 else float("inf")
     section.add(Figure(f"{who} {tag}: p99", p99, "us", "floor p99", ratio, f"<= {GOAL_P99:g}x", ratio <= GOAL_P99))
