@@ -42,8 +42,9 @@ FULL = (
     Interval("100 ms", "100ms", 100_000_000, 300),
     Interval("1 ms", "1ms", 1_000_000, 5_000),
 )
-#: Other designs of the tick, measured beside the real driver: helper module -> label.
-PROTOTYPES = {"_serve_timer_first": "timer-first loop", "_serve_timer_process": "tick process"}
+#: Other designs of the tick, measured beside the real driver: helper module -> label. (The
+#: timer-first loop, once a prototype here, is now the driver's own loop: `DeviceServer._run_once`.)
+PROTOTYPES = {"_serve_timer_process": "tick process"}
 SMOKE = (Interval("10 ms", "10ms", 10_000_000, 20), Interval("1 ms", "1ms", 1_000_000, 100))
 
 
@@ -68,10 +69,10 @@ def run(config: Config) -> Section:
                 section.add(Figure(f"tick to wait_next() wake-up, {tag}: p99", percentile(wake[phase], 99), "us"))
         section.add(Figure(f"{who}'s own max_lateness_ns, {interval.label} (both phases)", status_max / 1e3, "us"))
     section.note(
-        "driver: `sharingmemory serve` as shipped. Two designs measured here, not in src/: timer-first loop "
-        "(benchmarks/_serve_timer_first.py: the tick runs first in each select() batch and before each connection "
-        "callback once its deadline has passed) and tick process (benchmarks/_serve_timer_process.py: a forked "
-        "child that inherits the writable mapping and only sleeps on a timerfd and writes the page)."
+        "driver: `sharingmemory serve` as shipped, whose loop runs the tick before each callback once its deadline "
+        "has passed (the timer-first loop). One other design measured here, not in src/: tick process "
+        "(benchmarks/_serve_timer_process.py: a forked child that inherits the writable mapping and only sleeps on "
+        "a timerfd and writes the page)."
     )
     from ._plots import percentile_chart
 

@@ -200,8 +200,16 @@ class DeviceServer:
             self.close()
 
     def _run_once(self) -> None:
+        """One round: wait, then run the callbacks of what is ready, the tick before each.
+
+        The tick is checked before every callback, not only when the timerfd's turn comes: one
+        select() can return a hundred busy connections, and a tick queued behind all of them
+        was measured 7-14 ms late under 100 opening clients (benchmarks/timer.py). Checked
+        before each, it waits for one request at most; the check is one clock_gettime.
+        """
         timeout = self._watchdog_timeout(self._next_idle_timeout())
         for key, _mask in self._selector.select(timeout):
+            self._tick_if_due()
             callback: Callable[[object], None] = key.data
             callback(key.fileobj)
         self._expire_idle()
@@ -246,9 +254,20 @@ class DeviceServer:
             pass
 
     def _on_timer(self, _fd: object) -> None:
-        if self._timer.acknowledge():
-            self.driver.on_timer(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        self._timer.acknowledge()
         self._armed = None  # a fired timerfd is disarmed: force _sync_timer to re-arm it
+        self._tick_if_due()
+
+    def _tick_if_due(self) -> None:
+        """Run the driver's timer routine if its deadline has passed, and re-arm the timerfd
+        (which also clears an expiry it may hold, so select() does not report it again)."""
+        deadline = self.driver.timer_deadline
+        if deadline is None:
+            return
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if now >= deadline:
+            self.driver.on_timer(now)
+            self._sync_timer()
 
     def _sync_timer(self) -> None:
         deadline = self.driver.timer_deadline
