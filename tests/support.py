@@ -35,6 +35,9 @@ class DriverProcess:
     def open(self, access: str = "r", timeout: float = 5.0) -> sharingmemory.Device:
         return sharingmemory.open_device(self.socket_path, access, timeout=timeout)
 
+    def open_device(self, access: str = "r", *, map: bool = False) -> sharingmemory.Device:  # noqa: A002
+        return sharingmemory.open_device(self.socket_path, access, map=map)
+
     def status(self) -> sharingmemory.DriverStatus:
         with self.open() as device:
             return device.query_status()

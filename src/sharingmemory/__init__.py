@@ -10,7 +10,7 @@ straight from memory with no call into the driver.
     ...     print(page.read().local_datetime.strftime("%H:%M:%S"))
 """
 
-from ._client import Device, IoResult, SharedPage, open_device
+from ._client import Device, IoResult, open_device
 from ._ioctl import (
     CTL_CODE,
     FILE_ANY_ACCESS,
@@ -41,6 +41,7 @@ from ._page import (
 )
 from ._paths import DEVICE_NAME, default_socket_path
 from ._protocol import DriverStatus
+from ._shared_page import SharedPage
 from ._status import (
     AccessDenied,
     BufferTooSmall,

@@ -12,22 +12,16 @@ and is unmapped when the device closes. If the driver goes away first, the mappi
 on the device raises `DeviceNotConnected`.
 
 Errors: every failure the driver reports arrives as the typed `NtStatusError` subclass of its
-status; OSErrors of the socket are translated in one place (`_translate_os_error`).
+status; OSErrors of the socket are translated in one place (`_os_error`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import socket
 import struct
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple
 
 from . import _unix
 from ._ioctl import (
@@ -37,7 +31,6 @@ from ._ioctl import (
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
 )
-from ._page import PAGE_SIZE, SEQ_OFFSET, STATE_STOPPED, PageSnapshot, check_header, read_snapshot, read_state
 from ._paths import DEVICE_NAME, resolve_device_name
 from ._protocol import (
     STATUS_STRUCT_SIZE,
@@ -49,6 +42,7 @@ from ._protocol import (
     decode_reply,
     encode_request,
 )
+from ._shared_page import SharedPage
 from ._status import (
     AccessDenied,
     DeviceNotConnected,
@@ -59,7 +53,7 @@ from ._status import (
     exception_for,
     is_error,
 )
-from ._ticks import TickEvent, next_deadline_delay, retry_step
+from ._ticks import TickEvent
 
 DEFAULT_TIMEOUT: Final = 5.0
 _POINTER = struct.Struct("<Q")
@@ -75,236 +69,6 @@ class IoResult(NamedTuple):
     output: bytes
 
 
-class _PyBuffer(ctypes.Structure):
-    _fields_ = [
-        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
-    ]  # fmt: skip
-
-
-def _buffer_address(obj: object) -> int:
-    """The address of a (possibly read-only) buffer: ctypes' from_buffer wants a writable one."""
-    view = _PyBuffer()
-    if ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(obj), ctypes.byref(view), 0) != 0:
-        raise BufferError("object does not export a buffer")
-    try:
-        return int(view.buf)
-    finally:
-        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
-
-
-class _Word(Protocol):
-    """What the read path indexes to get the page's live `seq`: a one-item 'Q' memoryview."""
-
-    def __getitem__(self, index: int, /) -> int: ...
-
-
-class _ClosedWord:
-    """Stands in for the `seq` view of a closed SharedPage, so that the read path needs no
-    closed check of its own: indexing it raises the ValueError a closed page promises."""
-
-    __slots__ = ()
-
-    def __getitem__(self, index: int, /) -> int:
-        raise ValueError("SharedPage is closed")
-
-
-class _NoWord:
-    """The `seq` view where the page's byte order is not the machine's: it never matches a
-    snapshot's seq, so every read takes the full seqlock path."""
-
-    __slots__ = ()
-
-    def __getitem__(self, index: int, /) -> int:
-        return -1
-
-
-_CLOSED_WORD: Final = _ClosedWord()
-#: No snapshot yet: its seq (-1) matches no u64, so the first read takes the full path.
-_NO_SNAPSHOT: Final = PageSnapshot(-1, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(16))
-
-
-class SharedPage:
-    """The driver's page, mapped read-only into this process.
-
-    Owns one PROT_READ, MAP_SHARED mapping (the fd it came from is closed as soon as it is
-    mapped). `read()` and `local_time()` never make a system call. The mapping outlives the
-    driver: after the driver stops, `read().state` is STATE_STOPPED. `close()` unmaps; it is
-    idempotent, and the owning `Device` calls it when it closes.
-    """
-
-    _map: mmap.mmap | None = None
-    _view: memoryview | None = None
-    _seq_word: _Word = _CLOSED_WORD
-    _last: PageSnapshot = _NO_SNAPSHOT
-    _tick_event: TickEvent | None = None
-    _tick_source: Callable[[], TickEvent] | None = None
-    _seen_tick: int | None = None
-
-    def __init__(self, fd: int, *, tick_source: Callable[[], TickEvent] | None = None) -> None:
-        """Map the page behind `fd` (the caller keeps and closes `fd`) and check its header.
-        `tick_source`, when given, is asked once for the tick eventfd that `wait_next` uses."""
-        self._tick_source = tick_source
-        if os.fstat(fd).st_size != PAGE_SIZE:
-            raise exception_for(NtStatus.STATUS_REVISION_MISMATCH, "the page fd is not one page long")
-        self._map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
-        try:
-            check_header(self._map)
-            self.address: int = _buffer_address(self._map)
-            if sys.byteorder == "little":
-                # seq read as one aligned 8-byte load (memoryview's memcpy), as the writer stores it.
-                self._view = memoryview(self._map)
-                self._seq_word = self._view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
-            else:
-                self._seq_word = _NoWord()
-        except BaseException:
-            self.close()
-            raise
-
-    # The read path. The page changes only at a tick (1 ms apart at the fastest), and reads
-    # come far more often, so the last snapshot is kept: when `seq` still holds the value the
-    # snapshot was taken at (an even one, by the seqlock), the writer has not started an update
-    # since, so the snapshot is the page as it is at that load, a consistent read in one aligned
-    # 8-byte load. Otherwise the full seqlock read runs (read_snapshot, with its bounded
-    # retries and PageTornError). The snapshot is an immutable tuple, so handing the same one to
-    # several callers or threads is safe; a thread that races a refresh gets a snapshot that was
-    # current at its own load. Closing swaps `_seq_word` for an object that raises, so the
-    # fast path carries no closed check. Measured in benchmarks/ (docs/performance.md).
-
-    def read(self) -> PageSnapshot:
-        """A consistent snapshot of every field (seqlock); raises ValueError once closed."""
-        last = self._last
-        if self._seq_word[0] == last[0]:
-            return last
-        return self._refresh()
-
-    def local_time(self) -> int:
-        """The seed's value alone: local time as a FILETIME, read consistently."""
-        last = self._last
-        if self._seq_word[0] == last[0]:
-            return last[1]
-        return self._refresh()[1]
-
-    def _refresh(self) -> PageSnapshot:
-        mapping = self._map
-        if mapping is None:
-            raise ValueError("SharedPage is closed")
-        self._last = snap = read_snapshot(mapping)
-        return snap
-
-    @property
-    def state(self) -> int:
-        """The page's state field: running, or stopped once the driver is gone."""
-        if self._map is None:
-            raise ValueError("SharedPage is closed")
-        return read_state(self._map)
-
-    @property
-    def closed(self) -> bool:
-        return self._map is None
-
-    # --- waiting for the tick -----------------------------------------------------------------
-
-    def wait_next(self, timeout: float | None = None) -> PageSnapshot:
-        """Block until the page holds a tick newer than the last one this method returned (on
-        the first call: newer than the page at the call) and return its snapshot.
-
-        A stopped page is returned at once (check `.state`). Raises TimeoutError after `timeout`
-        seconds, DeviceNotConnected when the driver dies without writing state=stopped. Uses the
-        driver's tick eventfd when the page came from a Device (no polling), else sleeps to the
-        deadline the page announces.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        event = self._ensure_tick_event()
-        while True:
-            if event is not None:
-                event.drain()
-            snap = self._next_or_none()
-            if snap is not None:
-                return snap
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"no tick within {timeout} s")
-            if event is None:
-                delay = next_deadline_delay(self.read())
-                delay = delay if delay > 0 else retry_step(self.read())
-                time.sleep(delay if remaining is None else min(delay, remaining))
-                continue
-            try:
-                event.wait(remaining)
-            except ConnectionResetError as err:
-                snap = self._next_or_none()
-                if snap is not None:
-                    return snap
-                raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
-
-    async def next_update(self) -> PageSnapshot:
-        """The asyncio form of `wait_next()`: await the next tick without blocking the loop.
-        Bound it with `asyncio.timeout()` or `asyncio.wait_for()`."""
-        import asyncio
-
-        event = self._ensure_tick_event()
-        while True:
-            if event is not None:
-                event.drain()
-            snap = self._next_or_none()
-            if snap is not None:
-                return snap
-            if event is None:
-                delay = next_deadline_delay(self.read())
-                await asyncio.sleep(delay if delay > 0 else retry_step(self.read()))
-                continue
-            try:
-                await event.wait_async()
-            except ConnectionResetError as err:
-                snap = self._next_or_none()
-                if snap is not None:
-                    return snap
-                raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
-
-    def _next_or_none(self) -> PageSnapshot | None:
-        """The current snapshot if it is news for `wait_next` (a newer tick, or stopped)."""
-        snap = self.read()
-        if self._seen_tick is None:
-            self._seen_tick = snap.tick_count
-        if snap.state == STATE_STOPPED or snap.tick_count != self._seen_tick:
-            self._seen_tick = snap.tick_count
-            return snap
-        return None
-
-    def _ensure_tick_event(self) -> TickEvent | None:
-        if self._tick_event is None and self._tick_source is not None:
-            source, self._tick_source = self._tick_source, None  # asked once, success or not
-            try:
-                self._tick_event = source()
-            except (NtStatusError, ValueError):
-                return None
-        return self._tick_event
-
-    def close(self) -> None:
-        """Unmap the page and close the tick eventfd. Idempotent."""
-        event, self._tick_event = self._tick_event, None
-        if event is not None:
-            event.close()
-        word, self._seq_word = self._seq_word, _CLOSED_WORD
-        if isinstance(word, memoryview):
-            word.release()  # the views first: an mmap with exported buffers cannot close
-        view, self._view = self._view, None
-        if view is not None:
-            view.release()
-        mapping, self._map = self._map, None
-        if mapping is not None:
-            mapping.close()
-
-    def __enter__(self) -> SharedPage:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
 class Device:
     """One open handle to the SharingMemory device (the seed's `CreateFile` result).
 
@@ -314,7 +78,7 @@ class Device:
 
     _sock: socket.socket | None = None
 
-    def __init__(self, path: str, access: int, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, path: str, access: int, timeout: float | None = DEFAULT_TIMEOUT, *, map: bool = False) -> None:
         self.path = path
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -323,17 +87,34 @@ class Device:
         sock = _unix.seqpacket_socket()
         try:
             sock.settimeout(timeout)
-            with _translate_os_error(path):
+            try:
                 sock.connect(path)
+            except OSError as err:
+                raise _os_error(err, path) from err
         except BaseException:
             sock.close()
             raise
         self._sock = sock
         try:
-            self._call(MajorFunction.IRP_MJ_CREATE, code=access)
+            if map:
+                self._create_and_map(access)
+            else:
+                self._call(MajorFunction.IRP_MJ_CREATE, code=access)
         except BaseException:
-            self._close_socket()
+            self.close(wait=False)
             raise
+
+    def _create_and_map(self, access: int) -> None:
+        """CREATE and IOCTL_GIVE_ME_YOUR_MEMORY sent back to back, then both replies read: the
+        driver serves a connection's requests in order, so opening and mapping cost one round
+        trip instead of two. If CREATE fails, its error is raised (the driver closes the
+        connection without reading the second request)."""
+        with self._lock:
+            create = self._send(Request(MajorFunction.IRP_MJ_CREATE, 0, access))
+            give = self._send(Request(MajorFunction.IRP_MJ_DEVICE_CONTROL, 0, IOCTL_GIVE_ME_YOUR_MEMORY, _POINTER.size))
+            self._receive(MajorFunction.IRP_MJ_CREATE, create)
+            _status, _information, _output, fd = self._receive(MajorFunction.IRP_MJ_DEVICE_CONTROL, give)
+        self._adopt_page(fd)
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -347,19 +128,26 @@ class Device:
         status, information, output, fd = self._call(
             MajorFunction.IRP_MJ_DEVICE_CONTROL, code=code, input=input, output_length=output_size
         )
-        if fd is not None:
-            try:
-                if code != IOCTL_GIVE_ME_YOUR_MEMORY:  # tick eventfds come through _register_tick_event
-                    raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent an fd with an unexpected reply")
-                if self._page is None or self._page.closed:
-                    self._page = SharedPage(fd, tick_source=self._register_tick_event)
-            finally:
-                os.close(fd)
-            output = _POINTER.pack(self._page.address)
+        if code == IOCTL_GIVE_ME_YOUR_MEMORY:
+            page = self._adopt_page(fd)
+            output = _POINTER.pack(page.address)
             information = len(output)
-        elif code == IOCTL_GIVE_ME_YOUR_MEMORY:
-            raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "driver granted the page without sending its fd")
+        elif fd is not None:  # tick eventfds come through _register_tick_event only
+            os.close(fd)
+            raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent an fd with an unexpected reply")
         return IoResult(status, information, output)
+
+    def _adopt_page(self, fd: int | None) -> SharedPage:
+        """Map the page fd of a successful IOCTL_GIVE_ME_YOUR_MEMORY (and close the fd). A second
+        map on the same handle gets the same page from the driver: the mapping is kept."""
+        if fd is None:
+            raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "driver granted the page without sending its fd")
+        try:
+            if self._page is None or self._page.closed:
+                self._page = SharedPage(fd, tick_source=self._register_tick_event)
+            return self._page
+        finally:
+            os.close(fd)
 
     def map_shared_memory(self) -> SharedPage:
         """The shared page, mapped on first call; the same object afterwards."""
@@ -410,11 +198,10 @@ class Device:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
         data = encode_request(request._replace(request_id=request_id))
         try:
-            with _translate_os_error(self.path):
-                _unix.send(sock, data)
-        except NtStatusError:
+            _unix.send(sock, data)
+        except OSError as err:
             self._close_socket()  # a broken connection cannot be resynchronised
-            raise
+            raise _os_error(err, self.path) from err
         return request_id
 
     def _receive(self, major: MajorFunction, request_id: int) -> tuple[int, int, bytes, int | None]:
@@ -423,14 +210,18 @@ class Device:
         if sock is None:
             raise ValueError("I/O operation on a closed Device")
         try:
-            with _translate_os_error(self.path):
-                message = _unix.receive(sock)
-        except NtStatusError:
+            message = _unix.receive(sock)
+        except OSError as err:
             self._close_socket()  # a timed-out or broken connection cannot be resynchronised
-            raise
+            raise _os_error(err, self.path) from err
         fd = message.fds[0] if message.fds else None
         try:
-            if message.fds[1:] or message.fds_truncated:
+            if message.fds_truncated:  # the kernel dropped fds that found no free slot here
+                raise exception_for(
+                    NtStatus.STATUS_INSUFFICIENT_RESOURCES,
+                    "an fd from the driver was lost: this process is out of file descriptors (MSG_CTRUNC)",
+                )
+            if message.fds[1:]:
                 raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent more than one fd")
             if not message.data:
                 raise DeviceNotConnected(f"the driver at {self.path} closed the connection (stopped or died)")
@@ -459,13 +250,15 @@ class Device:
 
     # --- closing ------------------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         """CLEANUP and CLOSE, then unmap the page and close the socket. Idempotent; if the driver
         is already gone, the local resources are still released and nothing is raised.
 
         Both requests are sent before either reply is read: the driver handles them in order,
         so the close costs one round trip, and when it returns the driver has released the
-        handle (a status query from anywhere no longer counts it).
+        handle (a status query from anywhere no longer counts it). With `wait=False` the replies
+        are not awaited: the driver completes both as it reads them (or on the hang-up, as for
+        a process that died), and this call costs no round trip at all.
         """
         if self._sock is None:
             return
@@ -476,8 +269,9 @@ class Device:
             try:
                 cleanup = self._send(Request(MajorFunction.IRP_MJ_CLEANUP, 0))
                 close = self._send(Request(MajorFunction.IRP_MJ_CLOSE, 0))
-                self._receive(MajorFunction.IRP_MJ_CLEANUP, cleanup)
-                self._receive(MajorFunction.IRP_MJ_CLOSE, close)
+                if wait:
+                    self._receive(MajorFunction.IRP_MJ_CLEANUP, cleanup)
+                    self._receive(MajorFunction.IRP_MJ_CLOSE, close)
             except (NtStatusError, ValueError):
                 pass
             finally:
@@ -509,32 +303,37 @@ _FATAL = frozenset({
 })  # fmt: skip
 
 
-@contextmanager
-def _translate_os_error(path: str) -> Iterator[None]:
+def _os_error(err: OSError, path: str) -> NtStatusError:
     """The one place where socket OSErrors become the library's NtStatusError subclasses."""
-    try:
-        yield
-    except TimeoutError as err:
-        raise IoTimeout(f"the driver at {path} did not answer in time") from err
-    except (FileNotFoundError, ConnectionRefusedError) as err:
-        raise DeviceNotFound(f"no driver is serving {path}") from err
-    except PermissionError as err:
-        raise AccessDenied(f"permission denied opening {path}") from err
-    except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as err:
-        raise DeviceNotConnected(f"the driver at {path} went away (stopped or died)") from err
-    except OSError as err:
-        raise NtStatusError(f"{path}: {err.strerror or err}", status=NtStatus.STATUS_UNSUCCESSFUL) from err
+    if isinstance(err, TimeoutError):
+        return IoTimeout(f"the driver at {path} did not answer in time")
+    if isinstance(err, FileNotFoundError | ConnectionRefusedError):
+        return DeviceNotFound(f"no driver is serving {path}")
+    if isinstance(err, PermissionError):
+        return AccessDenied(f"permission denied opening {path}")
+    if isinstance(err, BrokenPipeError | ConnectionResetError | ConnectionAbortedError):
+        return DeviceNotConnected(f"the driver at {path} went away (stopped or died)")
+    return NtStatusError(f"{path}: {err.strerror or err}", status=NtStatus.STATUS_UNSUCCESSFUL)
 
 
 def open_device(
-    name: str | os.PathLike[str] = DEVICE_NAME, access: str = "r", *, timeout: float | None = DEFAULT_TIMEOUT
+    name: str | os.PathLike[str] = DEVICE_NAME,
+    access: str = "r",
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    map: bool = False,
 ) -> Device:
     """Open the device, as the seed's program calls CreateFile("\\\\.\\SharingMemory").
 
     `name` is `\\\\.\\SharingMemory` (the default socket path, see `default_socket_path`) or a
     socket path. `access` is "r", "w" or "rw". `timeout` bounds every request, in seconds.
+    `map=True` also maps the page, with CREATE and IOCTL_GIVE_ME_YOUR_MEMORY sent together (one
+    round trip for both); `map_shared_memory()` then returns it at once.
     Raises DeviceNotFound when no driver serves the path, AccessDenied when this user may not
     open it, and ValueError for a bad argument.
+
+        >>> with open_device(map=True) as device:  # doctest: +SKIP
+        ...     print(device.map_shared_memory().read().local_datetime)
     """
     try:
         mask = _ACCESS[access]
@@ -542,4 +341,4 @@ def open_device(
         raise ValueError(f"access must be 'r', 'w' or 'rw', not {access!r}") from None
     if timeout is not None and timeout <= 0:
         raise ValueError("timeout must be positive or None")
-    return Device(resolve_device_name(name), mask, timeout)
+    return Device(resolve_device_name(name), mask, timeout, map=map)

@@ -43,6 +43,7 @@ from ._timerfd import MonotonicTimer, set_timer_slack
 log = logging.getLogger("sharingmemory.server")
 
 _ACCEPTS_PER_WAKEUP = 64
+_MESSAGES_PER_WAKEUP = 8
 #: fds the server needs besides its handles: listener, timerfd, wake-up pair, lock, the page
 #: (memfd and mmap's dup), one reader fd in flight, logging, and a margin for connections that
 #: have not sent CREATE yet.
@@ -314,28 +315,34 @@ class DeviceServer:
         self._pending[sock.fileno()] = connection
         self._pending_per_uid[uid] = self._pending_per_uid.get(uid, 0) + 1
         self._selector.register(sock, selectors.EVENT_READ, self._on_readable)
+        self._on_readable(sock)  # a client's CREATE usually arrives with its connect
 
     def _on_readable(self, sock: object) -> None:
+        """Serve the requests waiting on one connection, a few at a time: a client that sends
+        requests back to back (open and map, CLEANUP and CLOSE) is answered without a trip
+        through select() for each, and a busy one cannot keep the loop from the others."""
         assert isinstance(sock, socket.socket)
         connection = self._connections.get(sock.fileno())
-        if connection is None:
-            return
-        try:
-            message = _unix.receive(sock)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as err:
-            log.debug("handle %d: receive failed: %s", connection.handle.handle_id, err)
-            self._drop(connection)
-            return
-        if message.fds:
-            # Requests never carry fds: close them unread, and refuse the request below.
-            _unix.close_fds(message.fds)
-            log.debug("handle %d: closed %d unexpected fd(s)", connection.handle.handle_id, len(message.fds))
-        if not message.data and not message.fds and not message.oversized:
-            self._drop(connection)  # end of file: the peer closed or died
-            return
-        self._handle_message(connection, message)
+        for _ in range(_MESSAGES_PER_WAKEUP):
+            if connection is None or self._connections.get(sock.fileno()) is not connection:
+                return  # dropped by the last message
+            try:
+                message = _unix.receive(sock)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                log.debug("handle %d: receive failed: %s", connection.handle.handle_id, err)
+                self._drop(connection)
+                return
+            if message.fds:
+                # Requests never carry fds: close them unread, and refuse the request below.
+                _unix.close_fds(message.fds)
+                log.debug("handle %d: closed %d unexpected fd(s)", connection.handle.handle_id, len(message.fds))
+            if not message.data and not message.fds and not message.oversized:
+                self._drop(connection)  # end of file: the peer closed or died
+                return
+            self._handle_message(connection, message)
+            self._tick_if_due()
 
     def _handle_message(self, connection: _Connection, message: _unix.Received) -> None:
         if message.oversized:

@@ -23,6 +23,14 @@ from typing import NamedTuple
 from ._protocol import MAX_MESSAGE_SIZE
 
 _UCRED = struct.Struct("3i")
+# Plain ints: the socket module's flags are IntFlag members, whose `&` costs a Python call on a
+# path that runs for every message.
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_INT_SIZE = array.array("i").itemsize
 _MAX_FDS = 4  # room for a few fds, so a sender's extra fds are received (and closed), not lost
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 
@@ -59,14 +67,14 @@ def close_fds(fds: list[int]) -> None:
 def receive(sock: socket.socket) -> Received:
     """One message and the fds that came with it. Raises OSError as recvmsg does; an empty
     `data` with no fds is end of file."""
-    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1, _ANCILLARY_SIZE, socket.MSG_CMSG_CLOEXEC)
+    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % array.array("i").itemsize
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            usable = len(payload) - len(payload) % _INT_SIZE
             fds.extend(array.array("i", payload[:usable]))
-    oversized = bool(flags & socket.MSG_TRUNC) or len(data) > MAX_MESSAGE_SIZE
-    return Received(data, fds, oversized, bool(flags & socket.MSG_CTRUNC))
+    oversized = bool(flags & _MSG_TRUNC) or len(data) > MAX_MESSAGE_SIZE
+    return Received(data, fds, oversized, bool(flags & _MSG_CTRUNC))
 
 
 def send(sock: socket.socket, data: bytes, fd: int | None = None) -> None:

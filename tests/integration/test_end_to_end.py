@@ -213,3 +213,28 @@ def test_sigterm_of_the_driver_shows_stopped_to_a_mapped_reader(driver: DriverPr
 def test_no_driver_is_device_not_found(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(sharingmemory.DeviceNotFound, match="no driver"):
         sharingmemory.open_device(os.path.join(tmp_path, "nothing"))
+
+
+def test_open_and_map_in_one_round_trip(driver: DriverProcess, no_fd_leak: None) -> None:
+    with driver.open_device(map=True) as device:
+        page = device.map_shared_memory()
+        assert device.map_shared_memory() is page  # already mapped by open_device
+        assert page.read().state == STATE_RUNNING
+        status = device.query_status()
+        assert (status.handles, status.mapped_handles) == (1, 1)
+
+
+def test_open_and_map_raises_a_refused_map_and_releases_the_handle(driver: DriverProcess, no_fd_leak: None) -> None:
+    with pytest.raises(sharingmemory.AccessDenied):  # a write-only handle may not map the page
+        sharingmemory.open_device(driver.socket_path, "w", map=True)
+    assert wait_for(lambda: driver.status().handles == 1)  # only the status query's own
+
+
+def test_close_without_waiting_still_releases_everything(driver: DriverProcess, no_fd_leak: None) -> None:
+    device = driver.open_device(map=True)
+    device.close(wait=False)
+    assert device.closed
+    assert wait_for(lambda: driver.status().mapped_handles == 0)
+    assert wait_for(lambda: driver.memfds() == set())
+    status = driver.status()
+    assert (status.handles, status.page_allocated) == (1, False)

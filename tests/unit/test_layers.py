@@ -16,7 +16,7 @@ LAYER = {
     "_status": 1, "_ioctl": 1, "_page": 1, "_protocol": 1, "_paths": 1, "_units": 1,
     "_memfd": 2, "_driver": 2,
     "_unix": 3, "_timerfd": 3, "_notify": 3, "_socket_file": 3, "_activation": 3, "_server": 3,
-    "_ticks": 3, "_client": 3, "_private": 3,
+    "_ticks": 3, "_shared_page": 3, "_client": 3, "_private": 3,
     "_exits": 4, "_session": 4, "_display": 4, "_watch": 4, "_gui": 4, "_serve": 4, "_install": 4, "cli": 4,
 }  # fmt: skip
 

@@ -1,0 +1,255 @@
+"""The shared page as a client maps it: read-only, read with no system call, waited on per tick.
+
+Theory of operation. A `SharedPage` owns one PROT_READ, MAP_SHARED mapping of the driver's
+sealed memfd (the fd it came from is closed as soon as it is mapped). The mapping outlives the
+driver: the kernel keeps the memfd while it is mapped, and a driver that unloads writes
+state=stopped into it first. The read path is built for cost (docs/performance.md): between
+ticks a read is one aligned 8-byte load of `seq` compared with the last snapshot's; after a tick
+it is the full seqlock read of `_page.read_snapshot`. Waiting for the tick (`wait_next`,
+`next_update`) uses the handle's tick eventfd from `_ticks`, asked for once through the
+`tick_source` the owning `Device` passes in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Final, Protocol
+
+from ._page import PAGE_SIZE, SEQ_OFFSET, STATE_STOPPED, PageSnapshot, check_header, read_snapshot, read_state
+from ._status import DeviceNotConnected, NtStatus, NtStatusError, exception_for
+from ._ticks import TickEvent, next_deadline_delay, retry_step
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    ]  # fmt: skip
+
+
+def _buffer_address(obj: object) -> int:
+    """The address of a (possibly read-only) buffer: ctypes' from_buffer wants a writable one."""
+    view = _PyBuffer()
+    if ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(obj), ctypes.byref(view), 0) != 0:
+        raise BufferError("object does not export a buffer")
+    try:
+        return int(view.buf)
+    finally:
+        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+
+
+class _Word(Protocol):
+    """What the read path indexes to get the page's live `seq`: a one-item 'Q' memoryview."""
+
+    def __getitem__(self, index: int, /) -> int: ...
+
+
+class _ClosedWord:
+    """Stands in for the `seq` view of a closed SharedPage, so that the read path needs no
+    closed check of its own: indexing it raises the ValueError a closed page promises."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: int, /) -> int:
+        raise ValueError("SharedPage is closed")
+
+
+class _NoWord:
+    """The `seq` view where the page's byte order is not the machine's: it never matches a
+    snapshot's seq, so every read takes the full seqlock path."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: int, /) -> int:
+        return -1
+
+
+_CLOSED_WORD: Final = _ClosedWord()
+#: No snapshot yet: its seq (-1) matches no u64, so the first read takes the full path.
+_NO_SNAPSHOT: Final = PageSnapshot(-1, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(16))
+
+
+class SharedPage:
+    """The driver's page, mapped read-only into this process.
+
+    Owns one PROT_READ, MAP_SHARED mapping (the fd it came from is closed as soon as it is
+    mapped). `read()` and `local_time()` never make a system call. The mapping outlives the
+    driver: after the driver stops, `read().state` is STATE_STOPPED. `close()` unmaps; it is
+    idempotent, and the owning `Device` calls it when it closes.
+    """
+
+    _map: mmap.mmap | None = None
+    _view: memoryview | None = None
+    _seq_word: _Word = _CLOSED_WORD
+    _last: PageSnapshot = _NO_SNAPSHOT
+    _tick_event: TickEvent | None = None
+    _tick_source: Callable[[], TickEvent] | None = None
+    _seen_tick: int | None = None
+
+    def __init__(self, fd: int, *, tick_source: Callable[[], TickEvent] | None = None) -> None:
+        """Map the page behind `fd` (the caller keeps and closes `fd`) and check its header.
+        `tick_source`, when given, is asked once for the tick eventfd that `wait_next` uses."""
+        self._tick_source = tick_source
+        if os.fstat(fd).st_size != PAGE_SIZE:
+            raise exception_for(NtStatus.STATUS_REVISION_MISMATCH, "the page fd is not one page long")
+        self._map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        try:
+            check_header(self._map)
+            self.address: int = _buffer_address(self._map)
+            if sys.byteorder == "little":
+                # seq read as one aligned 8-byte load (memoryview's memcpy), as the writer stores it.
+                self._view = memoryview(self._map)
+                self._seq_word = self._view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
+            else:
+                self._seq_word = _NoWord()
+        except BaseException:
+            self.close()
+            raise
+
+    # The read path. The page changes only at a tick (1 ms apart at the fastest), and reads
+    # come far more often, so the last snapshot is kept: when `seq` still holds the value the
+    # snapshot was taken at (an even one, by the seqlock), the writer has not started an update
+    # since, so the snapshot is the page as it is at that load, a consistent read in one aligned
+    # 8-byte load. Otherwise the full seqlock read runs (read_snapshot, with its bounded
+    # retries and PageTornError). The snapshot is an immutable tuple, so handing the same one to
+    # several callers or threads is safe; a thread that races a refresh gets a snapshot that was
+    # current at its own load. Closing swaps `_seq_word` for an object that raises, so the
+    # fast path carries no closed check. Measured in benchmarks/ (docs/performance.md).
+
+    def read(self) -> PageSnapshot:
+        """A consistent snapshot of every field (seqlock); raises ValueError once closed."""
+        last = self._last
+        if self._seq_word[0] == last[0]:
+            return last
+        return self._refresh()
+
+    def local_time(self) -> int:
+        """The seed's value alone: local time as a FILETIME, read consistently."""
+        last = self._last
+        if self._seq_word[0] == last[0]:
+            return last[1]
+        return self._refresh()[1]
+
+    def _refresh(self) -> PageSnapshot:
+        mapping = self._map
+        if mapping is None:
+            raise ValueError("SharedPage is closed")
+        self._last = snap = read_snapshot(mapping)
+        return snap
+
+    @property
+    def state(self) -> int:
+        """The page's state field: running, or stopped once the driver is gone."""
+        if self._map is None:
+            raise ValueError("SharedPage is closed")
+        return read_state(self._map)
+
+    @property
+    def closed(self) -> bool:
+        return self._map is None
+
+    # --- waiting for the tick -----------------------------------------------------------------
+
+    def wait_next(self, timeout: float | None = None) -> PageSnapshot:
+        """Block until the page holds a tick newer than the last one this method returned (on
+        the first call: newer than the page at the call) and return its snapshot.
+
+        A stopped page is returned at once (check `.state`). Raises TimeoutError after `timeout`
+        seconds, DeviceNotConnected when the driver dies without writing state=stopped. Uses the
+        driver's tick eventfd when the page came from a Device (no polling), else sleeps to the
+        deadline the page announces.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        event = self._ensure_tick_event()
+        while True:
+            if event is not None:
+                event.drain()
+            snap = self._next_or_none()
+            if snap is not None:
+                return snap
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"no tick within {timeout} s")
+            if event is None:
+                delay = next_deadline_delay(self.read())
+                delay = delay if delay > 0 else retry_step(self.read())
+                time.sleep(delay if remaining is None else min(delay, remaining))
+                continue
+            try:
+                event.wait(remaining)
+            except ConnectionResetError as err:
+                snap = self._next_or_none()
+                if snap is not None:
+                    return snap
+                raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
+
+    async def next_update(self) -> PageSnapshot:
+        """The asyncio form of `wait_next()`: await the next tick without blocking the loop.
+        Bound it with `asyncio.timeout()` or `asyncio.wait_for()`."""
+        import asyncio
+
+        event = self._ensure_tick_event()
+        while True:
+            if event is not None:
+                event.drain()
+            snap = self._next_or_none()
+            if snap is not None:
+                return snap
+            if event is None:
+                delay = next_deadline_delay(self.read())
+                await asyncio.sleep(delay if delay > 0 else retry_step(self.read()))
+                continue
+            try:
+                await event.wait_async()
+            except ConnectionResetError as err:
+                snap = self._next_or_none()
+                if snap is not None:
+                    return snap
+                raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
+
+    def _next_or_none(self) -> PageSnapshot | None:
+        """The current snapshot if it is news for `wait_next` (a newer tick, or stopped)."""
+        snap = self.read()
+        if self._seen_tick is None:
+            self._seen_tick = snap.tick_count
+        if snap.state == STATE_STOPPED or snap.tick_count != self._seen_tick:
+            self._seen_tick = snap.tick_count
+            return snap
+        return None
+
+    def _ensure_tick_event(self) -> TickEvent | None:
+        if self._tick_event is None and self._tick_source is not None:
+            source, self._tick_source = self._tick_source, None  # asked once, success or not
+            try:
+                self._tick_event = source()
+            except (NtStatusError, ValueError):
+                return None
+        return self._tick_event
+
+    def close(self) -> None:
+        """Unmap the page and close the tick eventfd. Idempotent."""
+        event, self._tick_event = self._tick_event, None
+        if event is not None:
+            event.close()
+        word, self._seq_word = self._seq_word, _CLOSED_WORD
+        if isinstance(word, memoryview):
+            word.release()  # the views first: an mmap with exported buffers cannot close
+        view, self._view = self._view, None
+        if view is not None:
+            view.release()
+        mapping, self._map = self._map, None
+        if mapping is not None:
+            mapping.close()
+
+    def __enter__(self) -> SharedPage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
