@@ -8,8 +8,8 @@ writable mapping while no one else can ever get one (memfd_create(2), fcntl(2));
 F_SEAL_WRITE would fail with EBUSY while that mapping exists. The seals, not the fd's open mode,
 are what protect the page: any holder of the fd can reopen it through /proc/self/fd/N.
 
-Clients get a separate O_RDONLY descriptor of the same file (`open_reader_fd`), so even the
-fd they receive cannot be used to write; the seals back that up.
+Clients get a separate O_RDONLY open file of the same memfd (`open_reader_fd` dups it), so
+even the fd they receive cannot be used to write; the seals back that up.
 
 This module does no socket I/O and knows nothing of handles: the driver decides when a page
 exists, this module only makes one correctly and frees it completely.
@@ -56,6 +56,7 @@ class SealedMemory:
     """
 
     _fd: int = -1
+    _reader_fd: int = -1
     _map: mmap.mmap | None = None
     locked: bool = False
 
@@ -69,6 +70,9 @@ class SealedMemory:
             self.locked = self._lock(self._map)
             fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, PAGE_SEALS)
             log.debug("memfd %d sealed (shrink, grow, future-write, seal)", self._fd)
+            # One O_RDONLY open file for all clients, opened once: each client gets a dup of it,
+            # so a map costs a dup(2), not a path walk through /proc.
+            self._reader_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
         except BaseException:
             self.close()
             raise
@@ -98,9 +102,9 @@ class SealedMemory:
 
     def open_reader_fd(self) -> int:
         """A new O_RDONLY, close-on-exec descriptor of the page for one client; the caller owns it."""
-        if self._fd < 0:
+        if self._reader_fd < 0:
             raise ValueError("SealedMemory is closed")
-        return os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
+        return os.dup(self._reader_fd)  # non-inheritable, as every fd Python creates
 
     def close(self) -> None:
         """Unmap (which also unlocks) and close the memfd. Idempotent; never raises."""
@@ -111,6 +115,9 @@ class SealedMemory:
                 log.debug("page unmapped from the driver")
             except (BufferError, OSError) as err:  # an export still alive: the GC frees it later
                 log.warning("page mapping not closed: %s", err)
+        reader, self._reader_fd = self._reader_fd, -1
+        if reader >= 0:
+            os.close(reader)
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)

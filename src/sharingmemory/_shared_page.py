@@ -102,7 +102,6 @@ class SharedPage:
         self._map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
         try:
             check_header(self._map)
-            self.address: int = _buffer_address(self._map)
             if sys.byteorder == "little":
                 # seq read as one aligned 8-byte load (memoryview's memcpy), as the writer stores it.
                 self._view = memoryview(self._map)
@@ -112,6 +111,13 @@ class SharedPage:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def address(self) -> int:
+        """Where the page is mapped in this process (the seed's `g_pUserAddress`)."""
+        if self._map is None:
+            raise ValueError("SharedPage is closed")
+        return _buffer_address(self._map)
 
     # The read path. The page changes only at a tick (1 ms apart at the fastest), and reads
     # come far more often, so the last snapshot is kept: when `seq` still holds the value the
