@@ -1,6 +1,7 @@
-"""The `sharingmemory` command: serve the device, watch the page, read it once, ask the status.
+"""The `sharingmemory` command: the parser, and the small subcommands (read, status).
 
-Every failure ends as one line on stderr (`sharingmemory: error: ...`) and a documented exit
+`serve` and `install-unit` have their front ends in `_serve` and `_install`, `watch` in
+`_watch`, `gui` in `_gui`; this module wires arguments to them. Every failure ends as one line on stderr (`sharingmemory: error: ...`) and a documented exit
 status; tracebacks are for bugs only.
 
 Exit status: 0 success; 1 the driver or the system reported an error; 2 bad usage;
