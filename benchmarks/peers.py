@@ -68,7 +68,7 @@ def run(config: Config) -> Section:
     with driver() as process:
 
         def our_attach() -> Callable[[], object]:
-            device = open_device(process.socket_path)
+            device = open_device(process.socket_path, map=True)  # CREATE and the map in one round trip
             device.map_shared_memory().read()
             return device.close
 
