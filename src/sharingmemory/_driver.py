@@ -37,11 +37,11 @@ import enum
 import logging
 import os
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
+from ._clock import Clock, SystemClock
 from ._ioctl import (
     FILE_READ_DATA,
     FILE_WRITE_DATA,
@@ -52,7 +52,7 @@ from ._ioctl import (
     required_access,
 )
 from ._memfd import SealedMemory
-from ._page import PAGE_SIZE, STATE_RUNNING, STATE_STOPPED, PageWriter, utc_offset_to_bias
+from ._page import PAGE_SIZE, STATE_RUNNING, STATE_STOPPED, PageWriter
 from ._protocol import STATUS_STRUCT_SIZE, DriverStatus, MajorFunction, Request, encode_driver_status
 from ._status import NtStatus
 
@@ -104,35 +104,6 @@ class Handle:
     granted_access: int = 0
     mapped: bool = False
     tick_event: int = -1  # the driver's eventfd for this handle's tick notifications, or -1
-
-
-class Clock(Protocol):
-    """Where the driver gets time from; a fake in unit tests, `SystemClock` in the daemon."""
-
-    def monotonic_ns(self) -> int: ...
-
-    def now(self) -> tuple[int, int, int]:
-        """(CLOCK_REALTIME ns, CLOCK_MONOTONIC ns, Windows time-zone bias), read together."""
-        ...
-
-
-class SystemClock:
-    """The real clocks; the bias comes from the C library's local time, so TZ is respected and
-    a DST change shows at the first tick after it."""
-
-    def monotonic_ns(self) -> int:
-        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-    def now(self) -> tuple[int, int, int]:
-        realtime_ns = time.clock_gettime_ns(time.CLOCK_REALTIME)
-        monotonic_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        return realtime_ns, monotonic_ns, time_zone_bias(realtime_ns)
-
-
-def time_zone_bias(realtime_ns: int) -> int:
-    """The Windows bias (UTC minus local, 100-ns units) in force at `realtime_ns`, from the C
-    library's rules for TZ (or /etc/localtime): asked per instant, so DST needs no special case."""
-    return utc_offset_to_bias(time.localtime(realtime_ns // 1_000_000_000).tm_gmtoff)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The `sharingmemory` command: the parser, and the small subcommands (read, status).
 
 `serve` and `install-unit` have their front ends in `_serve` and `_install`, `watch` in
-`_watch`, `gui` in `_gui`; this module wires arguments to them. Every failure ends as one line on stderr (`sharingmemory: error: ...`) and a documented exit
-status; tracebacks are for bugs only.
+`_watch`, `gui` in `_gui`; this module wires arguments to them. Every failure ends as one line
+on stderr (`sharingmemory: error: ...`) and a documented exit status; tracebacks are for bugs.
 
 Exit status: 0 success; 1 the driver or the system reported an error; 2 bad usage;
 3 the driver stopped while `watch` was running; 130 interrupted (Ctrl-C).

@@ -14,7 +14,7 @@ PURE = ["_status", "_ioctl", "_page", "_protocol", "_paths", "_units"]
 IO_MODULES = {"socket", "selectors", "mmap", "fcntl", "signal", "threading", "subprocess", "ctypes", "asyncio"}
 LAYER = {
     "_status": 1, "_ioctl": 1, "_page": 1, "_protocol": 1, "_paths": 1, "_units": 1,
-    "_memfd": 2, "_driver": 2,
+    "_memfd": 2, "_clock": 2, "_driver": 2,
     "_unix": 3, "_timerfd": 3, "_notify": 3, "_socket_file": 3, "_activation": 3, "_server": 3,
     "_ticks": 3, "_shared_page": 3, "_client": 3, "_private": 3,
     "_exits": 4, "_session": 4, "_display": 4, "_watch": 4, "_gui": 4, "_serve": 4, "_install": 4, "cli": 4,

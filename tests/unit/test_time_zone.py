@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sharingmemory._driver import time_zone_bias
+from sharingmemory._clock import time_zone_bias
 from sharingmemory.cli import parse_duration
 
 SECOND = 1_000_000_000
