@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import re
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
@@ -291,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
+    # Ctrl-C is documented to end every command (130): a process started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result: int = args.func(args)
         return result
