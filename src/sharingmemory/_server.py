@@ -306,7 +306,7 @@ class DeviceServer:
             # The handle limits count CREATEd handles; this bounds what one uid can hold before
             # CREATE, so an idle-connection flood costs only its own uid the wait for a slot.
             log.debug("connection from uid %d refused: %d already waiting for CREATE", uid, MAX_PENDING_PER_UID)
-            sock.close()
+            self._refuse(sock, NtStatus.STATUS_TOO_MANY_OPENED_FILES)
             return
         handle = self.driver.connect(Credentials(pid, uid, gid))
         deadline = self._clock() + self.config.create_timeout
@@ -316,6 +316,22 @@ class DeviceServer:
         self._pending_per_uid[uid] = self._pending_per_uid.get(uid, 0) + 1
         self._selector.register(sock, selectors.EVENT_READ, self._on_readable)
         self._on_readable(sock)  # a client's CREATE usually arrives with its connect
+
+    def _refuse(self, sock: socket.socket, status: int) -> None:
+        """Answer the request a refused connection has already sent (usually its CREATE, sent with
+        the connect) with `status`, then close it. Closing with that request unread would reset
+        the peer's connection (ECONNRESET) instead of telling it why."""
+        with contextlib.suppress(OSError):
+            message = _unix.receive(sock)
+            _unix.close_fds(message.fds)
+            if message.data and not message.oversized:
+                try:
+                    request = decode_request(message.data)
+                    major, request_id = int(request.major), request.request_id
+                except RemoteProtocolError as err:
+                    major, request_id = err.major, err.request_id
+                _unix.send(sock, encode_reply(Reply(major, request_id, status)))
+        sock.close()
 
     def _on_readable(self, sock: object) -> None:
         """Serve the requests waiting on one connection, a few at a time: a client that sends

@@ -154,6 +154,8 @@ GENERATORS: dict[str, tuple[Callable[[random.Random], bytes], int]] = {
     "out of order": (_out_of_order, 8),
 }
 FD_SHARE = 0.08  # messages that also carry fds the driver never asked for
+#: How long a worker keeps trying while the driver refuses its connections (seconds).
+REFUSED_PATIENCE = 60.0
 
 
 # --- the fuzz worker ----------------------------------------------------------------------------
@@ -185,8 +187,17 @@ class _Worker:
         sock.connect(self.path)
         self.connections += 1
         if self.rng.random() < 0.5:  # half the connections are past a valid CREATE
-            sock.sendmsg([encode_request(Request(MajorFunction.IRP_MJ_CREATE, 1, FILE_READ_DATA))])
-            self._receive(sock)
+            try:
+                sock.sendmsg([encode_request(Request(MajorFunction.IRP_MJ_CREATE, 1, FILE_READ_DATA))])
+                reply = self._receive(sock)
+            except (BrokenPipeError, ConnectionResetError):
+                reply = None
+            if reply is None or is_error(decode_reply(reply).status):
+                # Refused: the flooder (this same uid) holds its share of connections waiting for
+                # CREATE. An answer or a clean disconnect, as the goal asks; the caller waits.
+                self._count(self.outcomes, "connection refused (this uid has too many waiting for CREATE)")
+                sock.close()
+                raise _Refused
         self.sock = sock
         return sock
 
@@ -205,16 +216,32 @@ class _Worker:
         fds = [self.pipe_w, self.memfd][: self.rng.randrange(1, 3)] * self.rng.randrange(1, 4)
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
         with_fds = self.rng.random() < FD_SHARE
-        for _attempt in range(3):
-            sock = self.sock or self._connect()
+        broken, patience = 0, time.monotonic() + REFUSED_PATIENCE
+        while True:
+            fresh = self.sock is None
             try:
-                sock.sendmsg([message], ancillary if with_fds else [])
+                sock = self.sock or self._connect()
+                try:
+                    sock.sendmsg([message], ancillary if with_fds else [])
+                except (BrokenPipeError, ConnectionResetError):
+                    if not fresh:
+                        raise
+                    # Closed before this connection sent anything: refused at accept.
+                    self._count(self.outcomes, "connection refused (this uid has too many waiting for CREATE)")
+                    self.sock = None
+                    raise _Refused from None
                 break
+            except _Refused:
+                if time.monotonic() > patience:
+                    self._count(self.failures, f"refused for {REFUSED_PATIENCE:.0f} s")
+                    return
+                time.sleep(0.005)  # the flooder's idle connections go at the driver's CREATE timeout
             except (BrokenPipeError, ConnectionResetError):
                 self.sock = None  # the driver closed it after an earlier message: reconnect, resend
-        else:
-            self._count(self.failures, "could not send on a fresh connection")
-            return
+                broken += 1
+                if broken == 3:
+                    self._count(self.failures, "could not send on a fresh connection")
+                    return
         self._count(self.categories, name)
         if with_fds:
             self._count(self.categories, "(carrying fds)")
@@ -301,6 +328,10 @@ def reader(path: str) -> dict[str, Any]:
         "first": first, "last": last, "seen": seen, "missed": missed, "stalled": stalled, "went_back": went_back,
         "max_gap_ms": max_gap_ns / 1e6, "alive": alive,
     }  # fmt: skip
+
+
+class _Refused(Exception):  # noqa: N818 - an outcome, not an error of the harness
+    """The driver refused a new connection: this uid already holds its share waiting for CREATE."""
 
 
 def flooder(path: str, rounds: int, connections: int, timeout: float) -> dict[str, Any]:
