@@ -16,6 +16,7 @@ import fcntl
 import mmap
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -32,7 +33,7 @@ import sharingmemory
 from sharingmemory import FILE_READ_DATA, FILE_WRITE_DATA, IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS, NtStatus
 from sharingmemory._memfd import PAGE_SEALS
 from sharingmemory._page import MAGIC, PAGE_SIZE
-from sharingmemory._protocol import MAX_MESSAGE_SIZE, MajorFunction
+from sharingmemory._protocol import MAX_MESSAGE_SIZE, MajorFunction, Request, encode_request
 from tests.support import DriverProcess, RawConnection, peak_rss_kib, start_driver, wait_for
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -498,6 +499,16 @@ def test_one_uid_cannot_hold_more_than_its_share_of_connections_before_create(tm
         idle = [stack.enter_context(RawConnection(driver.socket_path)) for _ in range(MAX_PENDING_PER_UID)]
         extra = stack.enter_context(RawConnection(driver.socket_path))
         assert extra.closed_by_peer()  # over the share: closed at once, not after the timeout
+        driver.process.send_signal(signal.SIGSTOP)  # so the next CREATE is queued before the accept
+        try:
+            asking = stack.enter_context(RawConnection(driver.socket_path))
+            asking.send_raw(encode_request(Request(MajorFunction.IRP_MJ_CREATE, 7, FILE_READ_DATA)))
+        finally:
+            driver.process.send_signal(signal.SIGCONT)
+        answer = asking.receive()  # an answer, not a reset
+        assert answer is not None
+        assert (answer.request_id, answer.status) == (7, NtStatus.STATUS_TOO_MANY_OPENED_FILES)
+        assert asking.closed_by_peer()
         assert not idle[0].closed_by_peer()
         idle[0].close()
 
