@@ -184,17 +184,13 @@ class SharedPage:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"no tick within {timeout} s")
             if event is None:
-                delay = next_deadline_delay(self.read())
-                delay = delay if delay > 0 else retry_step(self.read())
+                delay = self._sleep_before_next()
                 time.sleep(delay if remaining is None else min(delay, remaining))
                 continue
             try:
                 event.wait(remaining)
             except ConnectionResetError as err:
-                snap = self._next_or_none()
-                if snap is not None:
-                    return snap
-                raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
+                return self._after_hang_up(err)
 
     async def next_update(self) -> PageSnapshot:
         """The asyncio form of `wait_next()`: await the next tick without blocking the loop.
@@ -209,16 +205,27 @@ class SharedPage:
             if snap is not None:
                 return snap
             if event is None:
-                delay = next_deadline_delay(self.read())
-                await asyncio.sleep(delay if delay > 0 else retry_step(self.read()))
+                await asyncio.sleep(self._sleep_before_next())
                 continue
             try:
                 await event.wait_async()
             except ConnectionResetError as err:
-                snap = self._next_or_none()
-                if snap is not None:
-                    return snap
-                raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
+                return self._after_hang_up(err)
+
+    def _sleep_before_next(self) -> float:
+        """Without an eventfd: seconds to sleep until just past the deadline the page announces,
+        or a short step when that deadline has passed without a tick."""
+        snap = self.read()
+        delay = next_deadline_delay(snap)
+        return delay if delay > 0 else retry_step(snap)
+
+    def _after_hang_up(self, err: ConnectionResetError) -> PageSnapshot:
+        """The driver's socket hung up: a stopped page is news to return, anything else means
+        the driver died without writing state=stopped."""
+        snap = self._next_or_none()
+        if snap is not None:
+            return snap
+        raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
 
     def _next_or_none(self) -> PageSnapshot | None:
         """The current snapshot if it is news for `wait_next` (a newer tick, or stopped)."""

@@ -88,3 +88,18 @@ def _link(fd: str) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return ""
+
+
+def test_a_page_without_an_eventfd_waits_by_the_deadline_it_announces(fast_driver: DriverProcess) -> None:
+    with fast_driver.open() as device:
+        mapped = device.map_shared_memory()
+        fd = os.open(f"/proc/self/map_files/{mapped.address:x}-{mapped.address + 4096:x}", os.O_RDONLY)
+        try:
+            bare = sharingmemory.SharedPage(fd)  # no Device behind it: no tick eventfd to ask for
+        finally:
+            os.close(fd)
+        with bare:
+            ticks = [bare.wait_next(timeout=5).tick_count for _ in range(3)]
+            assert all(later > earlier for earlier, later in itertools.pairwise(ticks))
+            with pytest.raises(TimeoutError):
+                bare.wait_next(timeout=0)
