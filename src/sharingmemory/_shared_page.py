@@ -175,9 +175,7 @@ class SharedPage:
         deadline = None if timeout is None else time.monotonic() + timeout
         event = self._ensure_tick_event()
         while True:
-            if event is not None:
-                event.drain()
-            snap = self._next_or_none()
+            snap = self._news(event)
             if snap is not None:
                 return snap
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -199,9 +197,7 @@ class SharedPage:
 
         event = self._ensure_tick_event()
         while True:
-            if event is not None:
-                event.drain()
-            snap = self._next_or_none()
+            snap = self._news(event)
             if snap is not None:
                 return snap
             if event is None:
@@ -211,6 +207,13 @@ class SharedPage:
                 await event.wait_async()
             except ConnectionResetError as err:
                 return self._after_hang_up(err)
+
+    def _news(self, event: TickEvent | None) -> PageSnapshot | None:
+        """Forget the eventfd's counted signals, then look at the page: the page, not the
+        counter, says whether a tick happened, so the order cannot lose one."""
+        if event is not None:
+            event.drain()
+        return self._next_or_none()
 
     def _sleep_before_next(self) -> float:
         """Without an eventfd: seconds to sleep until just past the deadline the page announces,

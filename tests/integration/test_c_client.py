@@ -9,12 +9,14 @@ same from C.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
 import signal
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -175,17 +177,24 @@ def test_c_client_uses_the_socket_environment_variable(driver: DriverProcess, re
     _seconds_of_day(result.stdout.strip())
 
 
-def test_c_client_exits_3_when_the_driver_stops(driver: DriverProcess, read_time: Path) -> None:
+@contextlib.contextmanager
+def _running(read_time: Path, driver: DriverProcess) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The C client against `driver`, once it printed its first time; killed if a test leaves it."""
     with subprocess.Popen(
         [str(read_time), driver.socket_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         try:
-            _seconds_of_day(_read_line(process).strip())
-            assert driver.terminate() == 0
-            _stdout, stderr = process.communicate(timeout=10)
+            yield process, _read_line(process)
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_c_client_exits_3_when_the_driver_stops(driver: DriverProcess, read_time: Path) -> None:
+    with _running(read_time, driver) as (process, first):
+        _seconds_of_day(first.strip())
+        assert driver.terminate() == 0
+        _stdout, stderr = process.communicate(timeout=10)
     assert process.returncode == 3, stderr
     assert len(stderr.splitlines()) == 1
     assert "driver stopped" in stderr
@@ -193,34 +202,20 @@ def test_c_client_exits_3_when_the_driver_stops(driver: DriverProcess, read_time
 
 def test_c_client_exits_3_when_the_driver_dies(driver: DriverProcess, read_time: Path) -> None:
     """SIGKILL leaves the page saying "running"; the hang-up of the connection tells the client."""
-    with subprocess.Popen(
-        [str(read_time), driver.socket_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        try:
-            _read_line(process)
-            driver.process.kill()
-            driver.process.wait(10)
-            _stdout, stderr = process.communicate(timeout=10)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with _running(read_time, driver) as (process, _first):
+        driver.process.kill()
+        driver.process.wait(10)
+        _stdout, stderr = process.communicate(timeout=10)
     assert process.returncode == 3, stderr
     assert len(stderr.splitlines()) == 1
     assert "closed the connection" in stderr
 
 
 def test_c_client_closes_its_handle_on_sigint(driver: DriverProcess, read_time: Path) -> None:
-    with subprocess.Popen(
-        [str(read_time), driver.socket_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        try:
-            _read_line(process)
-            assert driver.status().mapped_handles == 1
-            process.send_signal(signal.SIGINT)
-            _stdout, stderr = process.communicate(timeout=10)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with _running(read_time, driver) as (process, _first):
+        assert driver.status().mapped_handles == 1
+        process.send_signal(signal.SIGINT)
+        _stdout, stderr = process.communicate(timeout=10)
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert stderr == ""
     assert wait_for(lambda: driver.status().mapped_handles == 0)
