@@ -16,8 +16,8 @@ import sys
 import time
 from types import FrameType
 
-from sharingmemory._driver import DriverConfig
-from sharingmemory._server import DeviceServer, ServerConfig, raise_fd_limit
+from sharingmemory._driver.driver import DriverConfig
+from sharingmemory._server.server import DeviceServer, ServerConfig, raise_fd_limit
 
 
 def main(argv: list[str]) -> int:

@@ -22,9 +22,10 @@ import signal
 import sys
 import time
 
-from sharingmemory._driver import DriverConfig
-from sharingmemory._server import DeviceServer, ServerConfig, default_handle_limits, raise_fd_limit
-from sharingmemory._timerfd import MonotonicTimer, set_timer_slack
+from sharingmemory._driver.driver import DriverConfig
+from sharingmemory._server.server import DeviceServer, ServerConfig, default_handle_limits, raise_fd_limit
+from sharingmemory._server.timerfd import MonotonicTimer
+from sharingmemory._sys.libc import set_timer_slack
 
 
 class TimerProcessServer(DeviceServer):

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from sharingmemory._timerfd import set_timer_slack
+from sharingmemory._sys.libc import set_timer_slack
 
 
 def main(argv: list[str]) -> int:

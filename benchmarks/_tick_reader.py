@@ -18,7 +18,7 @@ import sys
 import time
 
 from sharingmemory import SharedPage, open_device
-from sharingmemory._page import PageSnapshot
+from sharingmemory._defs.page import PageSnapshot
 
 
 def _next_tick(page: SharedPage, last: int, poll: bool) -> PageSnapshot:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from sharingmemory import SharedPage, open_device
-from sharingmemory._page import _GUARDED, _SEQ, PAGE_SIZE, SEQ_OFFSET, PageWriter
+from sharingmemory._defs.page import _GUARDED, _SEQ, PAGE_SIZE, SEQ_OFFSET, PageWriter
 
 from ._common import Config, Section, driver, ns_per_call, ratio_figure
 

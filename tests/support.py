@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sharingmemory
-from sharingmemory._protocol import MAX_MESSAGE_SIZE, MajorFunction, Reply, Request, decode_reply, encode_request
+from sharingmemory._defs.protocol import MAX_MESSAGE_SIZE, MajorFunction, Reply, Request, decode_reply, encode_request
 
 READY_TIMEOUT = 10.0
 

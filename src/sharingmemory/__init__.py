@@ -10,44 +10,23 @@ straight from memory with no call into the driver.
     ...     print(page.read().local_datetime.strftime("%H:%M:%S"))
 """
 
-from ._client import Device, IoResult, open_device
-from ._ioctl import (
-    CTL_CODE,
-    FILE_ANY_ACCESS,
-    FILE_DEVICE_UNKNOWN,
-    FILE_READ_ACCESS,
-    FILE_READ_DATA,
-    FILE_WRITE_ACCESS,
-    FILE_WRITE_DATA,
+from . import winioctl
+from ._client import Device, IoResult, SharedPage, open_device
+from ._defs import (
+    DEVICE_NAME,
+    EPOCH_AS_FILETIME,
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
-    METHOD_BUFFERED,
-    METHOD_IN_DIRECT,
-    METHOD_NEITHER,
-    METHOD_OUT_DIRECT,
-    ControlCode,
-    split_ctl_code,
-)
-from ._page import (
-    EPOCH_AS_FILETIME,
     PAGE_SIZE,
     STATE_INITIALIZING,
     STATE_RUNNING,
     STATE_STOPPED,
-    PageSnapshot,
-    PageTornError,
-    datetime_to_filetime,
-    filetime_to_datetime,
-)
-from ._paths import DEVICE_NAME, default_socket_path
-from ._protocol import DriverStatus
-from ._shared_page import SharedPage
-from ._status import (
     AccessDenied,
     BufferTooSmall,
     DeviceConfigurationError,
     DeviceNotConnected,
     DeviceNotFound,
+    DriverStatus,
     InsufficientResources,
     InvalidDeviceRequest,
     InvalidDeviceState,
@@ -57,10 +36,16 @@ from ._status import (
     NotImplementedStatus,
     NtStatus,
     NtStatusError,
+    PageSnapshot,
+    PageTornError,
     RevisionMismatch,
     TooManyOpenedFiles,
     Unsuccessful,
+    datetime_to_filetime,
+    default_socket_path,
+    filetime_to_datetime,
 )
+from ._defs.ioctl import CTL_CODE
 
 __version__ = "0.1.0"
 
@@ -68,25 +53,14 @@ __all__ = [
     "CTL_CODE",
     "DEVICE_NAME",
     "EPOCH_AS_FILETIME",
-    "FILE_ANY_ACCESS",
-    "FILE_DEVICE_UNKNOWN",
-    "FILE_READ_ACCESS",
-    "FILE_READ_DATA",
-    "FILE_WRITE_ACCESS",
-    "FILE_WRITE_DATA",
     "IOCTL_GIVE_ME_YOUR_MEMORY",
     "IOCTL_QUERY_STATUS",
-    "METHOD_BUFFERED",
-    "METHOD_IN_DIRECT",
-    "METHOD_NEITHER",
-    "METHOD_OUT_DIRECT",
     "PAGE_SIZE",
     "STATE_INITIALIZING",
     "STATE_RUNNING",
     "STATE_STOPPED",
     "AccessDenied",
     "BufferTooSmall",
-    "ControlCode",
     "Device",
     "DeviceConfigurationError",
     "DeviceNotConnected",
@@ -113,5 +87,15 @@ __all__ = [
     "default_socket_path",
     "filetime_to_datetime",
     "open_device",
-    "split_ctl_code",
+    "winioctl",
 ]
+
+# Tracebacks, reprs and docs name the public path (sharingmemory.AccessDenied), not the private
+# module a name happens to be defined in, as httpcore's __init__ does.
+for _name in __all__:
+    _value = globals()[_name]
+    if (isinstance(_value, type) or callable(_value)) and str(getattr(_value, "__module__", "")).startswith(
+        __name__ + "._"
+    ):
+        _value.__module__ = __name__
+del _name, _value

@@ -25,7 +25,7 @@ import pytest
 
 import sharingmemory
 from sharingmemory import STATE_RUNNING
-from sharingmemory._activation import ListenFds, listen_fds, service_manager, watchdog_usec
+from sharingmemory._server.activation import ListenFds, listen_fds, service_manager, watchdog_usec
 from tests.support import wait_for
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sharingmemory._page import (
+from sharingmemory._defs.page import (
     EPOCH_AS_FILETIME,
     FILETIME_TICKS_PER_SECOND,
     PAGE_SIZE,
@@ -30,7 +30,7 @@ from sharingmemory._page import (
     check_header,
     read_snapshot,
 )
-from sharingmemory._status import RevisionMismatch
+from sharingmemory._defs.status import RevisionMismatch
 from tests.support import DriverProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

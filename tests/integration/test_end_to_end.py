@@ -15,7 +15,7 @@ import time
 import pytest
 
 import sharingmemory
-from sharingmemory import EPOCH_AS_FILETIME, IOCTL_GIVE_ME_YOUR_MEMORY, STATE_RUNNING, STATE_STOPPED
+from sharingmemory import EPOCH_AS_FILETIME, IOCTL_GIVE_ME_YOUR_MEMORY, STATE_RUNNING, STATE_STOPPED, winioctl
 from tests.support import DriverProcess, wait_for
 
 
@@ -120,7 +120,7 @@ def test_second_ioctl_on_a_handle_returns_the_same_page_and_leaks_nothing(driver
 
 
 def test_unknown_ioctl_is_invalid_device_request(driver: DriverProcess) -> None:
-    code = sharingmemory.CTL_CODE(sharingmemory.FILE_DEVICE_UNKNOWN, 0x8FF, 0, sharingmemory.FILE_READ_ACCESS)
+    code = sharingmemory.CTL_CODE(winioctl.FILE_DEVICE_UNKNOWN, 0x8FF, 0, winioctl.FILE_READ_ACCESS)
     with driver.open() as device:
         with pytest.raises(sharingmemory.InvalidDeviceRequest) as info:
             device.device_io_control(code, output_size=8)

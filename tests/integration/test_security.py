@@ -30,10 +30,11 @@ from pathlib import Path
 import pytest
 
 import sharingmemory
-from sharingmemory import FILE_READ_DATA, FILE_WRITE_DATA, IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS, NtStatus
-from sharingmemory._memfd import PAGE_SEALS
-from sharingmemory._page import MAGIC, PAGE_SIZE
-from sharingmemory._protocol import MAX_MESSAGE_SIZE, MajorFunction, Request, encode_request
+from sharingmemory import IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS, NtStatus
+from sharingmemory._defs.page import MAGIC, PAGE_SIZE
+from sharingmemory._defs.protocol import MAX_MESSAGE_SIZE, MajorFunction, Request, encode_request
+from sharingmemory._driver.memory import PAGE_SEALS
+from sharingmemory.winioctl import FILE_READ_DATA, FILE_WRITE_DATA
 from tests.support import DriverProcess, RawConnection, peak_rss_kib, start_driver, wait_for
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -226,7 +227,10 @@ def _readable_by_others(path: str) -> bool:
         if not os.stat(part).st_mode & stat.S_IXOTH:
             return False
     package = Path(sharingmemory.__file__).parent
-    return all(os.stat(file).st_mode & stat.S_IROTH for file in package.glob("*.py"))
+    return all(
+        os.stat(file).st_mode & (stat.S_IROTH if file.is_file() else stat.S_IXOTH)
+        for file in [*package.rglob("*.py"), *(p for p in package.rglob("*") if p.is_dir())]
+    )
 
 
 def _run_as(uid: int, gid: int, socket_path: str) -> str:
@@ -493,7 +497,7 @@ def test_connection_without_create_is_closed_after_the_timeout(tmp_path: Path) -
 
 
 def test_one_uid_cannot_hold_more_than_its_share_of_connections_before_create(tmp_path: Path) -> None:
-    from sharingmemory._server import MAX_PENDING_PER_UID
+    from sharingmemory._server.server import MAX_PENDING_PER_UID
 
     with start_driver(tmp_path, "--create-timeout", "60") as driver, contextlib.ExitStack() as stack:
         idle = [stack.enter_context(RawConnection(driver.socket_path)) for _ in range(MAX_PENDING_PER_UID)]

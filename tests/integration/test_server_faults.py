@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 import sharingmemory
-from sharingmemory._driver import Completion, Driver, Handle
-from sharingmemory._protocol import Request
-from sharingmemory._server import DeviceServer, ServerConfig
+from sharingmemory import winioctl
+from sharingmemory._defs.protocol import Request
+from sharingmemory._driver.driver import Completion, Driver, Handle
+from sharingmemory._server.server import DeviceServer, ServerConfig
 
-BUGGY_CODE = sharingmemory.CTL_CODE(sharingmemory.FILE_DEVICE_UNKNOWN, 0xBAD, 0, sharingmemory.FILE_READ_ACCESS)
+BUGGY_CODE = sharingmemory.CTL_CODE(winioctl.FILE_DEVICE_UNKNOWN, 0xBAD, 0, winioctl.FILE_READ_ACCESS)
 
 
 class BuggyDriver(Driver):

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import sharingmemory
-from sharingmemory import FILE_READ_DATA, FILE_WRITE_DATA, IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS
-from sharingmemory._protocol import (
+from sharingmemory import IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS
+from sharingmemory._defs.protocol import (
     MAX_MESSAGE_SIZE,
     MajorFunction,
     RemoteProtocolError,
@@ -43,8 +43,9 @@ from sharingmemory._protocol import (
     decode_reply,
     encode_request,
 )
-from sharingmemory._status import is_error
-from sharingmemory.cli import parse_duration
+from sharingmemory._defs.status import is_error
+from sharingmemory.cli.main import parse_duration
+from sharingmemory.winioctl import FILE_READ_DATA, FILE_WRITE_DATA
 from tests.support import rss_kib, start_driver, wait_for
 
 from ._figures import Figures

@@ -33,8 +33,8 @@ import sys
 import time
 from typing import Any, Final
 
-from sharingmemory._memfd import SealedMemory
-from sharingmemory._page import EPOCH_AS_FILETIME, PAGE_SIZE, PageSnapshot, PageWriter, check_header, read_snapshot
+from sharingmemory._defs.page import EPOCH_AS_FILETIME, PAGE_SIZE, PageSnapshot, PageWriter, check_header, read_snapshot
+from sharingmemory._driver.memory import SealedMemory
 
 from ._figures import Figures
 

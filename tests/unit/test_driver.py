@@ -12,16 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sharingmemory._driver import (
-    AccessPolicy,
-    Completion,
-    Credentials,
-    Driver,
-    DriverConfig,
-    Handle,
-    HandleState,
-)
-from sharingmemory._ioctl import (
+from sharingmemory._defs.ioctl import (
     CTL_CODE,
     FILE_DEVICE_UNKNOWN,
     FILE_READ_DATA,
@@ -32,9 +23,18 @@ from sharingmemory._ioctl import (
     IOCTL_REGISTER_TICK_EVENT,
     METHOD_BUFFERED,
 )
-from sharingmemory._page import STATE_RUNNING, STATE_STOPPED, read_snapshot
-from sharingmemory._protocol import MajorFunction, Request, decode_driver_status
-from sharingmemory._status import NtStatus
+from sharingmemory._defs.page import STATE_RUNNING, STATE_STOPPED, read_snapshot
+from sharingmemory._defs.protocol import MajorFunction, Request, decode_driver_status
+from sharingmemory._defs.status import NtStatus
+from sharingmemory._driver.driver import (
+    AccessPolicy,
+    Completion,
+    Credentials,
+    Driver,
+    DriverConfig,
+    Handle,
+    HandleState,
+)
 
 ME = Credentials(pid=100, uid=1000, gid=1000)
 SECOND = 1_000_000_000

@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sharingmemory
-from sharingmemory import CTL_CODE, FILE_DEVICE_UNKNOWN, FILE_READ_ACCESS, METHOD_BUFFERED, split_ctl_code
-from sharingmemory._ioctl import FILE_READ_DATA, FILE_WRITE_ACCESS, FILE_WRITE_DATA, required_access
+from sharingmemory import CTL_CODE
+from sharingmemory._defs.ioctl import FILE_READ_DATA, FILE_WRITE_ACCESS, FILE_WRITE_DATA, required_access
+from sharingmemory.winioctl import FILE_DEVICE_UNKNOWN, FILE_READ_ACCESS, METHOD_BUFFERED, split_ctl_code
 
 
 def test_the_seeds_code() -> None:

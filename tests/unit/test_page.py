@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sharingmemory._page import (
+from sharingmemory._defs.page import (
     EPOCH_AS_FILETIME,
     HEADER_SIZE,
     MAX_READ_ATTEMPTS,
@@ -26,7 +26,7 @@ from sharingmemory._page import (
     read_snapshot,
     utc_offset_to_bias,
 )
-from sharingmemory._status import RevisionMismatch
+from sharingmemory._defs.status import RevisionMismatch
 
 IID = bytes(range(16))
 

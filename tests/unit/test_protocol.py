@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sharingmemory._protocol import (
+from sharingmemory._defs.protocol import (
     MAX_INPUT_LENGTH,
     MAX_MESSAGE_SIZE,
     MAX_OUTPUT_LENGTH,
@@ -28,7 +28,7 @@ from sharingmemory._protocol import (
     encode_reply,
     encode_request,
 )
-from sharingmemory._status import NtStatus
+from sharingmemory._defs.status import NtStatus
 
 u32 = st.integers(0, 0xFFFFFFFF)
 requests = st.one_of(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sharingmemory
-from sharingmemory._status import NtStatus, exception_for, is_error, raise_for_status, status_name
+from sharingmemory._defs.status import NtStatus, exception_for, is_error, raise_for_status, status_name
 
 SEED_VALUES = {
     "STATUS_SUCCESS": 0x00000000,

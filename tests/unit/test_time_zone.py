@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sharingmemory._clock import time_zone_bias
-from sharingmemory.cli import parse_duration
+from sharingmemory._driver.clock import time_zone_bias
+from sharingmemory.cli.main import parse_duration
 
 SECOND = 1_000_000_000
 

@@ -10,8 +10,8 @@ import shlex
 
 import pytest
 
-from sharingmemory import _units
-from sharingmemory._paths import default_socket_path
+from sharingmemory._defs.paths import default_socket_path
+from sharingmemory.cli import systemd_units as _units
 
 PYTHON = "/opt/sharingmemory/bin/python3"
 

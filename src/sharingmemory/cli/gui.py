@@ -26,11 +26,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from ._display import LatenessMeter, describe_interval, describe_lateness
-from ._page import STATE_RUNNING, STATE_STOPPED, PageSnapshot
-from ._session import Session, open_session
-from ._status import NtStatusError
-from ._ticks import next_deadline_delay, retry_step
+from .._client import next_deadline_delay, retry_step
+from .._defs import STATE_RUNNING, STATE_STOPPED, NtStatusError, PageSnapshot
+from .display import LatenessMeter, describe_interval, describe_lateness
+from .session import Session, open_session
 
 if TYPE_CHECKING:
     import tkinter as tk

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
-from ._page import STATE_INITIALIZING, STATE_RUNNING, STATE_STOPPED, PageSnapshot
+from .._defs import STATE_INITIALIZING, STATE_RUNNING, STATE_STOPPED, PageSnapshot
 
 
 def snapshot_json(snap: PageSnapshot) -> dict[str, Any]:

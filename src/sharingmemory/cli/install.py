@@ -11,8 +11,9 @@ import contextlib
 import os
 import sys
 
-from . import __version__, _units
-from ._exits import EXIT_OK, CommandError
+from .. import __version__
+from . import systemd_units as _units
+from .exits import EXIT_OK, CommandError
 
 
 def cmd_install_unit(args: argparse.Namespace) -> int:

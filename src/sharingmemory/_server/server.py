@@ -32,13 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import _unix
-from ._driver import Completion, Credentials, Driver, DriverConfig, Handle, HandleState
-from ._notify import notify
-from ._protocol import RemoteProtocolError, Reply, decode_request, encode_reply
-from ._socket_file import SocketFile, check_socket_path
-from ._status import NtStatus
-from ._timerfd import MonotonicTimer, set_timer_slack
+from .._defs import NtStatus, RemoteProtocolError, Reply, decode_request, encode_reply
+from .._driver import Completion, Credentials, Driver, DriverConfig, Handle, HandleState
+from .._sys import libc, unix
+from .notify import notify
+from .socket_file import SocketFile, check_socket_path
+from .timerfd import MonotonicTimer
 
 log = logging.getLogger("sharingmemory.server")
 
@@ -137,7 +136,7 @@ class DeviceServer:
             if listener is None:
                 path = check_socket_path(config.socket_path)
                 self._socket_file = SocketFile(path, dir_mode=config.dir_mode)
-                listener = _unix.seqpacket_socket()
+                listener = unix.seqpacket_socket()
                 try:
                     self._socket_file.bind(listener, config.socket_mode)
                     listener.listen(socket.SOMAXCONN)
@@ -182,7 +181,7 @@ class DeviceServer:
                 previous[signum] = signal.signal(signum, self._on_signal)
             previous_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         with contextlib.suppress(OSError):  # not fatal: the tick is a timerfd; slack touches other waits
-            set_timer_slack(1)
+            libc.set_timer_slack(1)
         notify(f"READY=1\nSTATUS=serving {self.socket_path}\nMAINPID={os.getpid()}")
         if self.config.watchdog_interval is not None:
             self._watchdog_deadline = self._clock() + self.config.watchdog_interval
@@ -298,7 +297,7 @@ class DeviceServer:
     def _add_connection(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         try:
-            pid, uid, gid = _unix.peer_credentials(sock)
+            pid, uid, gid = unix.peer_credentials(sock)
         except OSError:
             sock.close()
             return
@@ -322,15 +321,15 @@ class DeviceServer:
         the connect) with `status`, then close it. Closing with that request unread would reset
         the peer's connection (ECONNRESET) instead of telling it why."""
         with contextlib.suppress(OSError):
-            message = _unix.receive(sock)
-            _unix.close_fds(message.fds)
+            message = unix.receive(sock)
+            unix.close_fds(message.fds)
             if message.data and not message.oversized:
                 try:
                     request = decode_request(message.data)
                     major, request_id = int(request.major), request.request_id
                 except RemoteProtocolError as err:
                     major, request_id = err.major, err.request_id
-                _unix.send(sock, encode_reply(Reply(major, request_id, status)))
+                unix.send(sock, encode_reply(Reply(major, request_id, status)))
         sock.close()
 
     def _on_readable(self, sock: object) -> None:
@@ -343,7 +342,7 @@ class DeviceServer:
             if connection is None or self._connections.get(sock.fileno()) is not connection:
                 return  # dropped by the last message
             try:
-                message = _unix.receive(sock)
+                message = unix.receive(sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
@@ -352,7 +351,7 @@ class DeviceServer:
                 return
             if message.fds:
                 # Requests never carry fds: close them unread, and refuse the request below.
-                _unix.close_fds(message.fds)
+                unix.close_fds(message.fds)
                 log.debug("handle %d: closed %d unexpected fd(s)", connection.handle.handle_id, len(message.fds))
             if not message.data and not message.fds and not message.oversized:
                 self._drop(connection)  # end of file: the peer closed or died
@@ -360,7 +359,7 @@ class DeviceServer:
             self._handle_message(connection, message)
             self._tick_if_due()
 
-    def _handle_message(self, connection: _Connection, message: _unix.Received) -> None:
+    def _handle_message(self, connection: _Connection, message: unix.Received) -> None:
         if message.oversized:
             self._reply(connection, Reply(0, 0, NtStatus.STATUS_INVALID_PARAMETER), close=True)
             return
@@ -392,7 +391,7 @@ class DeviceServer:
 
     def _reply(self, connection: _Connection, reply: Reply, *, fd: int | None = None, close: bool = False) -> None:
         try:
-            _unix.send(connection.sock, encode_reply(reply), fd)
+            unix.send(connection.sock, encode_reply(reply), fd)
         except OSError as err:  # a full buffer (the peer does not read) or a dead peer
             log.debug("handle %d: reply not sent (%s); dropping", connection.handle.handle_id, err)
             close = True

@@ -23,37 +23,34 @@ import struct
 import threading
 from typing import Final, NamedTuple
 
-from . import _unix
-from ._ioctl import (
+from .._defs import (
+    DEVICE_NAME,
     FILE_READ_DATA,
     FILE_WRITE_DATA,
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
-)
-from ._paths import DEVICE_NAME, resolve_device_name
-from ._protocol import (
     STATUS_STRUCT_SIZE,
+    AccessDenied,
+    DeviceNotConnected,
+    DeviceNotFound,
     DriverStatus,
+    IoTimeout,
     MajorFunction,
+    NtStatus,
+    NtStatusError,
     RemoteProtocolError,
     Request,
     decode_driver_status,
     decode_reply,
     encode_request,
-)
-from ._shared_page import SharedPage
-from ._status import (
-    AccessDenied,
-    DeviceNotConnected,
-    DeviceNotFound,
-    IoTimeout,
-    NtStatus,
-    NtStatusError,
     exception_for,
     is_error,
+    resolve_device_name,
 )
-from ._ticks import TickEvent
+from .._sys import unix
+from .shared_page import SharedPage
+from .ticks import TickEvent
 
 DEFAULT_TIMEOUT: Final = 5.0
 _POINTER = struct.Struct("<Q")
@@ -84,7 +81,7 @@ class Device:
         self._lock = threading.Lock()
         self._next_id = 1
         self._page: SharedPage | None = None
-        sock = _unix.seqpacket_socket()
+        sock = unix.seqpacket_socket()
         try:
             sock.settimeout(timeout)
             try:
@@ -198,7 +195,7 @@ class Device:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
         data = encode_request(request._replace(request_id=request_id))
         try:
-            _unix.send(sock, data)
+            unix.send(sock, data)
         except OSError as err:
             self._close_socket()  # a broken connection cannot be resynchronised
             raise _os_error(err, self.path) from err
@@ -210,7 +207,7 @@ class Device:
         if sock is None:
             raise ValueError("I/O operation on a closed Device")
         try:
-            message = _unix.receive(sock)
+            message = unix.receive(sock)
         except OSError as err:
             self._close_socket()  # a timed-out or broken connection cannot be resynchronised
             raise _os_error(err, self.path) from err
@@ -238,12 +235,12 @@ class Device:
             if is_error(reply.status):
                 raise exception_for(reply.status, f"{major.name} on {self.path} failed")
         except NtStatusError as err:
-            _unix.close_fds(message.fds)
+            unix.close_fds(message.fds)
             if err.status in _FATAL or major is MajorFunction.IRP_MJ_CREATE:
                 self._close_socket()  # the driver has closed its end too
             raise
         except BaseException:
-            _unix.close_fds(message.fds)
+            unix.close_fds(message.fds)
             self._close_socket()
             raise
         return reply.status, reply.information, reply.output, fd

@@ -12,7 +12,6 @@ it is the full seqlock read of `_page.read_snapshot`. Waiting for the tick (`wai
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import sys
@@ -20,29 +19,21 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from ._page import PAGE_SIZE, SEQ_OFFSET, STATE_STOPPED, PageSnapshot, check_header, read_snapshot, read_state
-from ._status import DeviceNotConnected, NtStatus, NtStatusError, exception_for
-from ._ticks import TickEvent, next_deadline_delay, retry_step
-
-
-class _PyBuffer(ctypes.Structure):
-    _fields_ = [
-        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
-    ]  # fmt: skip
-
-
-def _buffer_address(obj: object) -> int:
-    """The address of a (possibly read-only) buffer: ctypes' from_buffer wants a writable one."""
-    view = _PyBuffer()
-    if ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(obj), ctypes.byref(view), 0) != 0:
-        raise BufferError("object does not export a buffer")
-    try:
-        return int(view.buf)
-    finally:
-        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+from .._defs import (
+    PAGE_SIZE,
+    SEQ_OFFSET,
+    STATE_STOPPED,
+    DeviceNotConnected,
+    NtStatus,
+    NtStatusError,
+    PageSnapshot,
+    check_header,
+    exception_for,
+    read_snapshot,
+    read_state,
+)
+from .._sys import libc
+from .ticks import TickEvent, next_deadline_delay, retry_step
 
 
 class _Word(Protocol):
@@ -117,7 +108,7 @@ class SharedPage:
         """Where the page is mapped in this process (the seed's `g_pUserAddress`)."""
         if self._map is None:
             raise ValueError("SharedPage is closed")
-        return _buffer_address(self._map)
+        return libc.buffer_address(self._map)
 
     # The read path. The page changes only at a tick (1 ms apart at the fastest), and reads
     # come far more often, so the last snapshot is kept: when `seq` still holds the value the

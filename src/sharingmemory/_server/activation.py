@@ -27,7 +27,7 @@ import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from ._status import DeviceConfigurationError
+from .._defs import DeviceConfigurationError
 
 SD_LISTEN_FDS_START = 3  # sd-daemon.h: passed fds start here, in order
 ENV_LISTEN_FDS = "LISTEN_FDS"

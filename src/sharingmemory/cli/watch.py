@@ -21,11 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from ._display import Display, Frame, LatenessMeter, TerminalDisplay, choose_display
-from ._page import STATE_STOPPED
-from ._paths import DEVICE_NAME, resolve_device_name
-from ._session import Session, next_tick, open_session
-from ._status import DeviceNotConnected, DeviceNotFound, IoTimeout
+from .._defs import DEVICE_NAME, STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout, resolve_device_name
+from .display import Display, Frame, LatenessMeter, TerminalDisplay, choose_display
+from .session import Session, next_tick, open_session
 
 #: Backoff of `--follow` while no driver serves the path: first retry, growth, ceiling (seconds).
 FOLLOW_FIRST_RETRY: Final = 0.05

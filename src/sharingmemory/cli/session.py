@@ -14,12 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from ._client import Device, open_device
-from ._page import PageSnapshot
-from ._paths import DEVICE_NAME, default_socket_path
-from ._private import PrivateDriver
-from ._shared_page import SharedPage
-from ._status import DeviceNotConnected, DeviceNotFound
+from .._client import Device, SharedPage, open_device
+from .._defs import DEVICE_NAME, DeviceNotConnected, DeviceNotFound, PageSnapshot, default_socket_path
+from .private_driver import PrivateDriver
 
 
 @dataclass

@@ -19,9 +19,8 @@ import sys
 import tempfile
 import time
 
-from ._notify import ENV_NOTIFY_SOCKET
-from ._paths import ENV_SOCKET, SOCKET_NAME
-from ._status import DeviceConfigurationError
+from .._defs import ENV_SOCKET, SOCKET_NAME, DeviceConfigurationError
+from .._server import ENV_NOTIFY_SOCKET
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0

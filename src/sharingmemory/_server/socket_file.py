@@ -25,7 +25,7 @@ import os
 import socket
 import stat
 
-from ._status import DeviceConfigurationError
+from .._defs import DeviceConfigurationError
 
 log = logging.getLogger("sharingmemory.server")
 

@@ -24,7 +24,7 @@ import os
 import select
 import time
 
-from ._page import PageSnapshot
+from .._defs import PageSnapshot
 
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 _HANGUP = select.POLLHUP | select.POLLERR | _POLLRDHUP

@@ -17,24 +17,20 @@ exists, this module only makes one correctly and frees it completely.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import logging
 import mmap
 import os
 from typing import Final
 
-from ._page import PAGE_SIZE
+from .._defs import PAGE_SIZE
+from .._sys import libc
 
 log = logging.getLogger("sharingmemory.driver")
 
 MFD_NOEXEC_SEAL: Final = 0x0008  # linux 6.3; refused with EINVAL by older kernels
 F_SEAL_FUTURE_WRITE: Final = 0x0010  # linux 5.1; not exported by Python's fcntl module
 PAGE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-_libc.mlock.restype = ctypes.c_int
 
 
 def _memfd_create(name: str) -> int:
@@ -80,13 +76,13 @@ class SealedMemory:
     @staticmethod
     def _lock(mapping: mmap.mmap) -> bool:
         """mlock the page as the seed's non-paged pool is; a refusal is a warning, not a failure."""
-        address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))  # temporary export, dropped at once
-        if _libc.mlock(ctypes.c_void_p(address), PAGE_SIZE) == 0:
-            log.debug("page locked in memory (mlock)")
-            return True
-        err = ctypes.get_errno()
-        log.warning("page not locked in memory: mlock failed: %s (see RLIMIT_MEMLOCK)", os.strerror(err))
-        return False
+        try:
+            libc.mlock(libc.buffer_address(mapping), PAGE_SIZE)
+        except OSError as err:
+            log.warning("page not locked in memory: mlock failed: %s (see RLIMIT_MEMLOCK)", err.strerror)
+            return False
+        log.debug("page locked in memory (mlock)")
+        return True
 
     @property
     def fd(self) -> int:

@@ -20,7 +20,7 @@ import socket
 import struct
 from typing import NamedTuple
 
-from ._protocol import MAX_MESSAGE_SIZE
+from .._defs import MAX_MESSAGE_SIZE
 
 _UCRED = struct.Struct("3i")
 # Plain ints: the socket module's flags are IntFlag members, whose `&` costs a Python call on a

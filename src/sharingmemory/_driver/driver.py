@@ -41,20 +41,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ._clock import Clock, SystemClock
-from ._ioctl import (
+from .._defs import (
     FILE_READ_DATA,
     FILE_WRITE_DATA,
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
+    PAGE_SIZE,
+    STATE_RUNNING,
+    STATE_STOPPED,
+    STATUS_STRUCT_SIZE,
     VALID_ACCESS_MASK,
+    DriverStatus,
+    MajorFunction,
+    NtStatus,
+    PageWriter,
+    Request,
+    encode_driver_status,
     required_access,
 )
-from ._memfd import SealedMemory
-from ._page import PAGE_SIZE, STATE_RUNNING, STATE_STOPPED, PageWriter
-from ._protocol import STATUS_STRUCT_SIZE, DriverStatus, MajorFunction, Request, encode_driver_status
-from ._status import NtStatus
+from .clock import Clock, SystemClock
+from .memory import SealedMemory
 
 log = logging.getLogger("sharingmemory.driver")
 

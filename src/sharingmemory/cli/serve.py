@@ -13,12 +13,18 @@ import dataclasses
 import logging
 import os
 
-from ._activation import ServiceManager, service_manager
-from ._driver import AccessPolicy, DriverConfig
-from ._exits import EXIT_OK, EXIT_USAGE, CommandError
-from ._paths import default_socket_path
-from ._server import DeviceServer, ServerConfig, default_handle_limits, raise_fd_limit
-from ._socket_file import check_socket_location
+from .._defs import default_socket_path
+from .._driver import AccessPolicy, DriverConfig
+from .._server import (
+    DeviceServer,
+    ServerConfig,
+    ServiceManager,
+    check_socket_location,
+    default_handle_limits,
+    raise_fd_limit,
+    service_manager,
+)
+from .exits import EXIT_OK, EXIT_USAGE, CommandError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

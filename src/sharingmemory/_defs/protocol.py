@@ -25,7 +25,7 @@ import enum
 import struct
 from typing import Final, NamedTuple
 
-from ._status import NtStatus
+from .status import NtStatus
 
 MAGIC: Final = b"SM"
 PROTOCOL_VERSION: Final = 1

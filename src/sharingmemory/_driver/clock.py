@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from ._page import utc_offset_to_bias
+from .._defs import utc_offset_to_bias
 
 
 class Clock(Protocol):

@@ -20,17 +20,16 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from . import __version__
-from ._client import Device
-from ._display import snapshot_json
-from ._driver import MIN_INTERVAL_NS
-from ._exits import EXIT_DRIVER_STOPPED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
-from ._install import cmd_install_unit
-from ._paths import default_socket_path
-from ._serve import cmd_serve
-from ._session import open_session
-from ._status import NtStatusError
-from ._watch import DriverStopped, WatchOptions, run_watch
+from .. import __version__
+from .._client import Device
+from .._defs import NtStatusError, default_socket_path
+from .._driver import MIN_INTERVAL_NS
+from .display import snapshot_json
+from .exits import EXIT_DRIVER_STOPPED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
+from .install import cmd_install_unit
+from .serve import cmd_serve
+from .session import open_session
+from .watch import DriverStopped, WatchOptions, run_watch
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|s|m)?\s*$")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, None: 1_000_000_000}
@@ -143,7 +142,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_gui(args: argparse.Namespace) -> int:
-    from ._gui import GuiOptions, GuiUnavailable, run_gui  # tkinter and its window, only when asked for
+    from .gui import GuiOptions, GuiUnavailable, run_gui  # tkinter and its window, only when asked for
 
     try:
         run_gui(GuiOptions(socket=args.socket, timeout=args.timeout, interval=args.interval, count=args.count))

@@ -19,7 +19,7 @@ import struct
 import sys
 from typing import Final, NamedTuple
 
-from ._status import InvalidDeviceState, RevisionMismatch
+from .status import InvalidDeviceState, RevisionMismatch
 
 PAGE_SIZE: Final = 4096
 MAGIC: Final = b"SHMT"

@@ -1,0 +1,27 @@
+"""Layer 3, the driver: the dispatch table, per-handle contexts, the shared page and its timer.
+
+No sockets: the server (layer 4) moves bytes and fds, the driver decides what they mean.
+`memory` makes and frees the sealed page, `clock` is the seam for time.
+"""
+
+from .driver import (
+    MIN_INTERVAL_NS,
+    AccessPolicy,
+    Completion,
+    Credentials,
+    Driver,
+    DriverConfig,
+    Handle,
+    HandleState,
+)
+
+__all__ = [
+    "MIN_INTERVAL_NS",
+    "AccessPolicy",
+    "Completion",
+    "Credentials",
+    "Driver",
+    "DriverConfig",
+    "Handle",
+    "HandleState",
+]

@@ -1,0 +1,95 @@
+"""The C library calls Python's `os` module does not offer, in one place (ctypes).
+
+Theory of operation. `ctypes.CDLL(None)` is loaded once, here, with `use_errno`, and each call
+is wrapped so that it raises `OSError` with the C errno the way the `os` module's own
+functions do; no other module touches ctypes. What is here and why:
+
+* `mlock(2)`: the page is locked in RAM, as the seed's non-paged pool is;
+* `timerfd_create(2)` / `timerfd_settime(2)`: `os.timerfd_create` only arrives in Python 3.13;
+* `prctl(PR_SET_TIMERSLACK)`: how late the kernel may wake the driver's timed waits;
+* `buffer_address`: where a (possibly read-only) buffer lives, for the seed's "address of the
+  page" contract; `ctypes.c_char.from_buffer` insists on a writable buffer.
+
+ctypes releases the GIL around each foreign call, so none of these holds up another thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Final
+
+TFD_TIMER_ABSTIME: Final = 1
+_PR_SET_TIMERSLACK: Final = 29
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's `Py_buffer`, filled by PyObject_GetBuffer."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    ]  # fmt: skip
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.mlock.restype = ctypes.c_int
+_libc.timerfd_create.argtypes = (ctypes.c_int, ctypes.c_int)
+_libc.timerfd_create.restype = ctypes.c_int
+_libc.timerfd_settime.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p)
+_libc.timerfd_settime.restype = ctypes.c_int
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_libc.prctl.restype = ctypes.c_int
+
+
+def _check(result: int) -> int:
+    """`result`, or the OSError of the errno the call left when it returned -1."""
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def buffer_address(obj: object) -> int:
+    """The address of the memory behind `obj` (any object with the buffer protocol)."""
+    view = _PyBuffer()
+    if ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(obj), ctypes.byref(view), 0) != 0:
+        raise BufferError("object does not export a buffer")
+    try:
+        return int(view.buf)
+    finally:
+        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
+
+
+def mlock(address: int, length: int) -> None:
+    """mlock(2): keep `length` bytes at `address` in RAM; OSError (EPERM, ENOMEM) when refused."""
+    _check(_libc.mlock(ctypes.c_void_p(address), length))
+
+
+def timerfd_create(clock_id: int, flags: int) -> int:
+    """timerfd_create(2): a new timerfd on `clock_id`, owned by the caller."""
+    return _check(_libc.timerfd_create(clock_id, flags))
+
+
+def timerfd_settime(fd: int, flags: int, value_ns: int) -> None:
+    """timerfd_settime(2) of a one-shot timer: fire at `value_ns` (relative, or absolute with
+    TFD_TIMER_ABSTIME); 0 disarms, as an all-zero it_value does."""
+    spec = _Itimerspec()
+    spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(value_ns, 1_000_000_000)
+    _check(_libc.timerfd_settime(fd, flags, ctypes.byref(spec), None))
+
+
+def set_timer_slack(slack_ns: int) -> None:
+    """prctl(PR_SET_TIMERSLACK): how late the kernel may wake this thread's timed waits."""
+    _check(_libc.prctl(_PR_SET_TIMERSLACK, slack_ns, 0, 0, 0))
