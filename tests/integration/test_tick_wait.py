@@ -39,6 +39,9 @@ def test_wait_next_times_out_between_slow_ticks(tmp_path: Path) -> None:
         page = device.map_shared_memory()
         with pytest.raises(TimeoutError):
             page.wait_next(timeout=0.2)
+        with pytest.raises(sharingmemory.IoTimeout) as info:  # the library's own kind of timeout
+            page.wait_next(timeout=0.05)
+        assert info.value.status == sharingmemory.NtStatus.STATUS_IO_TIMEOUT
 
 
 def test_wait_next_returns_the_stopped_page_when_the_driver_unloads(tmp_path: Path) -> None:

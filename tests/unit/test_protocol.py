@@ -18,6 +18,7 @@ from sharingmemory._defs.protocol import (
     DriverStatus,
     LocalProtocolError,
     MajorFunction,
+    ProtocolError,
     RemoteProtocolError,
     Reply,
     Request,
@@ -161,3 +162,14 @@ def test_driver_status_round_trip_and_prefix() -> None:
     assert decode_driver_status(data + b"future fields") == status
     with pytest.raises(RemoteProtocolError):
         decode_driver_status(data[:40])
+
+
+def test_both_protocol_errors_share_a_base() -> None:
+    """Whose fault differs (ours: a ValueError at once; the peer's: a status to answer), but a
+    caller that only wants "the protocol refused it" catches one class."""
+    assert issubclass(LocalProtocolError, ProtocolError)
+    assert issubclass(RemoteProtocolError, ProtocolError)
+    assert issubclass(LocalProtocolError, ValueError)
+    assert not issubclass(RemoteProtocolError, ValueError)
+    with pytest.raises(ProtocolError):
+        encode_request(Request(MajorFunction.IRP_MJ_CREATE, 2**32))

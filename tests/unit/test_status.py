@@ -57,3 +57,11 @@ def test_messages_name_the_status() -> None:
         "uid 1000 may not open [STATUS_ACCESS_DENIED (0xC0000022)]"
     )
     assert status_name(0xC0000023) == "STATUS_BUFFER_TOO_SMALL (0xC0000023)"
+
+
+def test_io_timeout_is_a_timeout_error() -> None:
+    """One kind for every timeout: `except TimeoutError` catches the library's too."""
+    error = exception_for(NtStatus.STATUS_IO_TIMEOUT, "slow")
+    assert isinstance(error, sharingmemory.IoTimeout)
+    assert isinstance(error, TimeoutError)
+    assert not isinstance(sharingmemory.DeviceNotConnected(), TimeoutError)

@@ -24,6 +24,7 @@ from .._defs import (
     SEQ_OFFSET,
     STATE_STOPPED,
     DeviceNotConnected,
+    IoTimeout,
     NtStatus,
     NtStatusError,
     PageSnapshot,
@@ -158,7 +159,7 @@ class SharedPage:
         """Block until the page holds a tick newer than the last one this method returned (on
         the first call: newer than the page at the call) and return its snapshot.
 
-        A stopped page is returned at once (check `.state`). Raises TimeoutError after `timeout`
+        A stopped page is returned at once (check `.state`). Raises IoTimeout (a TimeoutError) after `timeout`
         seconds, DeviceNotConnected when the driver dies without writing state=stopped. Uses the
         driver's tick eventfd when the page came from a Device (no polling), else sleeps to the
         deadline the page announces.
@@ -171,7 +172,7 @@ class SharedPage:
                 return snap
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"no tick within {timeout} s")
+                raise IoTimeout(f"no tick within {timeout} s")
             if event is None:
                 delay = self._sleep_before_next()
                 time.sleep(delay if remaining is None else min(delay, remaining))

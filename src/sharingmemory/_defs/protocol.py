@@ -77,11 +77,16 @@ class Reply(NamedTuple):
     has_fd: bool = False
 
 
-class LocalProtocolError(ValueError):
+class ProtocolError(Exception):
+    """A message that the protocol cannot carry or does not allow; see the two kinds below,
+    which say whose fault it is (h11's LocalProtocolError / RemoteProtocolError)."""
+
+
+class LocalProtocolError(ProtocolError, ValueError):
     """Our own caller asked to encode something the protocol cannot carry."""
 
 
-class RemoteProtocolError(Exception):
+class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that are not a valid message.
 
     `status` is what to answer with, `request_id` and `major` the values to echo (0 when the

@@ -143,8 +143,10 @@ class DeviceNotConnected(NtStatusError):
     status = NtStatus.STATUS_DEVICE_NOT_CONNECTED
 
 
-class IoTimeout(NtStatusError):
-    """STATUS_IO_TIMEOUT: the driver did not answer within the request timeout."""
+class IoTimeout(NtStatusError, TimeoutError):
+    """STATUS_IO_TIMEOUT: the driver did not answer, or no tick came, within the timeout.
+
+    Also a `TimeoutError`, so code that bounds any wait with `except TimeoutError` catches it."""
 
     status = NtStatus.STATUS_IO_TIMEOUT
 
