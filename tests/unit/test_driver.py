@@ -73,7 +73,7 @@ def driver(clock: FakeClock) -> Iterator[Driver]:
 def irp(driver: Driver, handle: Handle, major: MajorFunction, code: int = 0, output_length: int = 0) -> Completion:
     completion = driver.dispatch(handle, Request(major, 1, code, output_length))
     if completion.fd is not None:
-        os.close(completion.fd)
+        completion.fd.close()
     return completion
 
 
@@ -135,15 +135,15 @@ def test_give_me_your_memory_answers_the_length_and_a_read_only_fd(driver: Drive
     try:
         assert (completion.status, completion.information) == (0, 8)
         assert struct.unpack("<Q", completion.output) == (4096,)
-        assert os.get_blocking(completion.fd)
-        flags = os.open(f"/proc/self/fd/{completion.fd}", os.O_RDONLY)
+        assert os.get_blocking(completion.fd.fileno())
+        flags = os.open(f"/proc/self/fd/{completion.fd.fileno()}", os.O_RDONLY)
         os.close(flags)
         with pytest.raises(
             OSError, match="Bad file descriptor"
         ):  # O_RDONLY: no write through this fd, and the seal refuses others
-            os.write(completion.fd, b"x")
+            os.write(completion.fd.fileno(), b"x")
     finally:
-        os.close(completion.fd)
+        completion.fd.close()
 
 
 def test_the_page_is_written_at_once_then_at_every_deadline(driver: Driver, clock: FakeClock) -> None:
@@ -191,8 +191,8 @@ def test_the_last_handle_writes_stopped_before_the_page_goes(driver: Driver) -> 
     assert completion.fd is not None
     import mmap
 
-    view = mmap.mmap(completion.fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ)
-    os.close(completion.fd)
+    view = mmap.mmap(completion.fd.fileno(), 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+    completion.fd.close()
     try:
         assert read_snapshot(view).state == STATE_RUNNING
         driver.disconnect(handle)
@@ -275,13 +275,13 @@ def test_tick_events_are_per_handle_and_signalled_at_each_tick(driver: Driver, c
         clock.advance(SECOND)
         driver.on_timer(clock.mono)
         for fd in fds:
-            assert int.from_bytes(os.read(fd, 8), "little") == 2  # each waiter gets every tick
+            assert int.from_bytes(os.read(fd.fileno(), 8), "little") == 2  # each waiter gets every tick
         driver.unload()
         for fd in fds:
-            assert int.from_bytes(os.read(fd, 8), "little") == 1  # woken once more: state=stopped
+            assert int.from_bytes(os.read(fd.fileno(), 8), "little") == 1  # woken once more: state=stopped
     finally:
         for fd in fds:
-            os.close(fd)
+            fd.close()
 
 
 def test_unload_closes_everything(driver: Driver) -> None:

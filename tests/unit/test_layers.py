@@ -136,3 +136,13 @@ def test_readme_layout_is_the_tree() -> None:
     match = re.search(r"^src/sharingmemory/\n(?:  .*\n)+", text, re.M)
     assert match is not None, "README has no layout block starting with src/sharingmemory/"
     assert match.group(0).rstrip("\n") == render_layout(), "README layout drifted; it should read:\n" + render_layout()
+
+
+def write_readme_layout() -> None:
+    """Put the rendered tree into the README (`python -m tests.unit.test_layers`)."""
+    text = README.read_text()
+    README.write_text(re.sub(r"^src/sharingmemory/\n(?:  .*\n)+", render_layout() + "\n", text, count=1, flags=re.M))
+
+
+if __name__ == "__main__":
+    write_readme_layout()

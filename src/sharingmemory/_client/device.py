@@ -48,7 +48,7 @@ from .._defs import (
     is_error,
     resolve_device_name,
 )
-from .._sys import unix
+from .._sys import Fd, close_all, unix
 from .shared_page import SharedPage
 from .ticks import TickEvent
 
@@ -64,6 +64,16 @@ class IoResult(NamedTuple):
     status: int
     information: int
     output: bytes
+
+
+class _Completed(NamedTuple):
+    """A reply that passed every check: its status (success or a warning), information,
+    output, and the fd it brought, now owned by the caller."""
+
+    status: int
+    information: int
+    output: bytes
+    fd: Fd | None
 
 
 class Device:
@@ -110,8 +120,8 @@ class Device:
             create = self._send(Request(MajorFunction.IRP_MJ_CREATE, 0, access))
             give = self._send(Request(MajorFunction.IRP_MJ_DEVICE_CONTROL, 0, IOCTL_GIVE_ME_YOUR_MEMORY, _POINTER.size))
             self._receive(MajorFunction.IRP_MJ_CREATE, create)
-            _status, _information, _output, fd = self._receive(MajorFunction.IRP_MJ_DEVICE_CONTROL, give)
-        self._adopt_page(fd)
+            reply = self._receive(MajorFunction.IRP_MJ_DEVICE_CONTROL, give)
+        self._adopt_page(reply.fd)
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -122,29 +132,27 @@ class Device:
         address as a little-endian u64, as in the seed. Raises the NtStatusError subclass of a
         failure status; warnings come back in `IoResult.status`.
         """
-        status, information, output, fd = self._call(
-            MajorFunction.IRP_MJ_DEVICE_CONTROL, code=code, input=input, output_length=output_size
-        )
+        reply = self._call(MajorFunction.IRP_MJ_DEVICE_CONTROL, code=code, input=input, output_length=output_size)
         if code == IOCTL_GIVE_ME_YOUR_MEMORY:
-            page = self._adopt_page(fd)
+            page = self._adopt_page(reply.fd)
             output = _POINTER.pack(page.address)
-            information = len(output)
-        elif fd is not None:  # tick eventfds come through _register_tick_event only
-            os.close(fd)
+            return IoResult(reply.status, len(output), output)
+        if reply.fd is not None:  # tick eventfds come through _register_tick_event only
+            reply.fd.close()
             raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent an fd with an unexpected reply")
-        return IoResult(status, information, output)
+        return IoResult(reply.status, reply.information, reply.output)
 
-    def _adopt_page(self, fd: int | None) -> SharedPage:
+    def _adopt_page(self, fd: Fd | None) -> SharedPage:
         """Map the page fd of a successful IOCTL_GIVE_ME_YOUR_MEMORY (and close the fd). A second
         map on the same handle gets the same page from the driver: the mapping is kept."""
         if fd is None:
             raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "driver granted the page without sending its fd")
         try:
             if self._page is None or self._page.closed:
-                self._page = SharedPage(fd, tick_source=self._register_tick_event)
+                self._page = SharedPage(fd.fileno(), tick_source=self._register_tick_event)
             return self._page
         finally:
-            os.close(fd)
+            fd.close()
 
     def map_shared_memory(self) -> SharedPage:
         """The shared page, mapped on first call; the same object afterwards."""
@@ -155,13 +163,11 @@ class Device:
 
     def _register_tick_event(self) -> TickEvent:
         """IOCTL_REGISTER_TICK_EVENT: this handle's tick eventfd, owned by the returned object."""
-        _status, _information, _output, fd = self._call(
-            MajorFunction.IRP_MJ_DEVICE_CONTROL, code=IOCTL_REGISTER_TICK_EVENT
-        )
+        fd = self._call(MajorFunction.IRP_MJ_DEVICE_CONTROL, code=IOCTL_REGISTER_TICK_EVENT).fd
         sock = self._sock
         if fd is None or sock is None:
             if fd is not None:
-                os.close(fd)
+                fd.close()
             raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "the driver sent no tick eventfd")
         return TickEvent(fd, sock.fileno())
 
@@ -180,8 +186,8 @@ class Device:
         code: int = 0,
         input: bytes = b"",
         output_length: int = 0,
-    ) -> tuple[int, int, bytes, int | None]:
-        """One request and its reply: (status, information, output, fd or None)."""
+    ) -> _Completed:
+        """One request and its reply."""
         with self._lock:
             request_id = self._send(Request(major, 0, code, output_length, input))
             return self._receive(major, request_id)
@@ -201,7 +207,7 @@ class Device:
             raise _os_error(err, self.path) from err
         return request_id
 
-    def _receive(self, major: MajorFunction, request_id: int) -> tuple[int, int, bytes, int | None]:
+    def _receive(self, major: MajorFunction, request_id: int) -> _Completed:
         """The reply to request `request_id` (the caller holds the lock), checked against it."""
         sock = self._sock
         if sock is None:
@@ -235,15 +241,15 @@ class Device:
             if is_error(reply.status):
                 raise exception_for(reply.status, f"{major.name} on {self.path} failed")
         except NtStatusError as err:
-            unix.close_fds(message.fds)
+            close_all(message.fds)
             if err.status in _FATAL or major is MajorFunction.IRP_MJ_CREATE:
                 self._close_socket()  # the driver has closed its end too
             raise
         except BaseException:
-            unix.close_fds(message.fds)
+            close_all(message.fds)
             self._close_socket()
             raise
-        return reply.status, reply.information, reply.output, fd
+        return _Completed(reply.status, reply.information, reply.output, fd)
 
     # --- closing ------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ ticked every 1000 ms, so it skipped or repeated a second. Ours waits for the tic
   signals, then reads the page. The same poll also watches the device socket for POLLRDHUP, so
   a driver that dies without writing state=stopped ends the wait at once with
   DeviceNotConnected instead of a wait that never ends.
-* Without one (a page mapped from a bare fd), `sleep_until_next` sleeps to the next deadline,
+* Without one (a page mapped from a bare fd), `SharedPage.wait_next` sleeps to the next deadline
   which the page itself gives (`monotonic_ns + interval_ns` on the system-wide CLOCK_MONOTONIC),
   then re-reads in short steps until the tick is there.
 
@@ -25,6 +25,7 @@ import select
 import time
 
 from .._defs import PageSnapshot
+from .._sys import Fd
 
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 _HANGUP = select.POLLHUP | select.POLLERR | _POLLRDHUP
@@ -34,18 +35,14 @@ class TickEvent:
     """An eventfd the driver signals at each tick, owned by this object, plus the device socket
     whose hang-up means the driver is gone. `close()` is idempotent."""
 
-    _fd: int = -1
-
-    def __init__(self, fd: int, device_fd: int) -> None:
+    def __init__(self, fd: Fd, device_fd: int) -> None:
         """Take ownership of `fd`; `device_fd` stays the device's (only polled, never closed)."""
-        self._fd = fd
+        self._owner = fd
+        self._fd = fd.fileno()
         self._device_fd = device_fd
         self._poll = select.poll()
-        self._poll.register(fd, select.POLLIN)
+        self._poll.register(self._fd, select.POLLIN)
         self._poll.register(device_fd, _POLLRDHUP)
-
-    def fileno(self) -> int:
-        return self._fd
 
     def drain(self) -> None:
         """Forget the signals already counted: the page is about to be read anyway."""
@@ -86,9 +83,8 @@ class TickEvent:
             raise ConnectionResetError("the driver hung up")
 
     def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        """Idempotent."""
+        self._owner.close()
 
 
 def next_deadline_delay(last: PageSnapshot) -> float:

@@ -60,6 +60,7 @@ from .._defs import (
     encode_driver_status,
     required_access,
 )
+from .._sys import Fd
 from .clock import Clock, SystemClock
 from .memory import SealedMemory
 
@@ -80,14 +81,14 @@ class Credentials(NamedTuple):
 
 
 class Completion(NamedTuple):
-    """How an IRP completed. `fd`, when set, is owned by the receiver of the Completion, which
-    must send it and close it; `close_connection` asks the server to drop the connection after
-    sending the reply."""
+    """How an IRP completed. `fd`, when set, goes to the receiver of the Completion with its
+    `Fd`, to send and then close; `close_connection` asks the server to drop the connection
+    after sending the reply."""
 
     status: int
     information: int = 0
     output: bytes = b""
-    fd: int | None = None
+    fd: Fd | None = None
     close_connection: bool = False
 
 
@@ -297,7 +298,7 @@ class Driver:
                 self._allocate_page()
                 created = True
             assert self._page is not None
-            fd = self._page.memory.open_reader_fd()
+            fd = Fd(self._page.memory.open_reader_fd())
         except OSError as err:
             log.error("IOCTL_GIVE_ME_YOUR_MEMORY failed for handle %d: %s", handle.handle_id, err)
             if created and self._mapped == 0:
@@ -319,8 +320,7 @@ class Driver:
                 handle.tick_event = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
                 self._tick_events[handle.handle_id] = handle.tick_event
                 log.debug("handle %d: tick eventfd created", handle.handle_id)
-            fd = os.dup(handle.tick_event)
-            os.set_inheritable(fd, False)
+            fd = Fd(os.dup(handle.tick_event))  # non-inheritable, as every fd Python creates
         except OSError as err:
             log.error("IOCTL_REGISTER_TICK_EVENT failed for handle %d: %s", handle.handle_id, err)
             return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)

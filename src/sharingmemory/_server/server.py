@@ -34,7 +34,7 @@ from types import FrameType
 
 from .._defs import NtStatus, RemoteProtocolError, Reply, decode_request, encode_reply
 from .._driver import Completion, Credentials, Driver, DriverConfig, Handle, HandleState
-from .._sys import libc, unix
+from .._sys import Fd, close_all, libc, unix
 from .notify import notify
 from .socket_file import SocketFile, check_socket_path
 from .timerfd import MonotonicTimer
@@ -322,7 +322,7 @@ class DeviceServer:
         the peer's connection (ECONNRESET) instead of telling it why."""
         with contextlib.suppress(OSError):
             message = unix.receive(sock)
-            unix.close_fds(message.fds)
+            close_all(message.fds)
             if message.data and not message.oversized:
                 try:
                     request = decode_request(message.data)
@@ -351,7 +351,7 @@ class DeviceServer:
                 return
             if message.fds:
                 # Requests never carry fds: close them unread, and refuse the request below.
-                unix.close_fds(message.fds)
+                close_all(message.fds)
                 log.debug("handle %d: closed %d unexpected fd(s)", connection.handle.handle_id, len(message.fds))
             if not message.data and not message.fds and not message.oversized:
                 self._drop(connection)  # end of file: the peer closed or died
@@ -387,9 +387,9 @@ class DeviceServer:
             self._reply(connection, reply, fd=completion.fd, close=completion.close_connection)
         finally:
             if completion.fd is not None:
-                os.close(completion.fd)
+                completion.fd.close()
 
-    def _reply(self, connection: _Connection, reply: Reply, *, fd: int | None = None, close: bool = False) -> None:
+    def _reply(self, connection: _Connection, reply: Reply, *, fd: Fd | None = None, close: bool = False) -> None:
         try:
             unix.send(connection.sock, encode_reply(reply), fd)
         except OSError as err:  # a full buffer (the peer does not read) or a dead peer

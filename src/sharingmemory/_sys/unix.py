@@ -14,13 +14,12 @@ server and the client alike:
 from __future__ import annotations
 
 import array
-import contextlib
-import os
 import socket
 import struct
 from typing import NamedTuple
 
 from .._defs import MAX_MESSAGE_SIZE
+from .fds import Fd
 
 _UCRED = struct.Struct("3i")
 # Plain ints: the socket module's flags are IntFlag members, whose `&` costs a Python call on a
@@ -36,11 +35,11 @@ _ANCILLARY_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 
 
 class Received(NamedTuple):
-    """One message. `fds` are owned by the receiver; `oversized` and `fds_truncated` say the
+    """One message and the fds that came with it; `oversized` and `fds_truncated` say the
     message broke a limit (its data is then not to be trusted)."""
 
     data: bytes
-    fds: list[int]
+    fds: list[Fd]
     oversized: bool
     fds_truncated: bool
 
@@ -57,29 +56,22 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def close_fds(fds: list[int]) -> None:
-    """Close each fd, ignoring ones already closed; used on every path that refuses fds."""
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 def receive(sock: socket.socket) -> Received:
     """One message and the fds that came with it. Raises OSError as recvmsg does; an empty
     `data` with no fds is end of file."""
     data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
+    fds: list[Fd] = []
     for level, kind, payload in ancdata:
         if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             usable = len(payload) - len(payload) % _INT_SIZE
-            fds.extend(array.array("i", payload[:usable]))
+            fds.extend(map(Fd, array.array("i", payload[:usable])))
     oversized = bool(flags & _MSG_TRUNC) or len(data) > MAX_MESSAGE_SIZE
     return Received(data, fds, oversized, bool(flags & _MSG_CTRUNC))
 
 
-def send(sock: socket.socket, data: bytes, fd: int | None = None) -> None:
+def send(sock: socket.socket, data: bytes, fd: Fd | None = None) -> None:
     """Send one message, with `fd` attached by SCM_RIGHTS when given (the caller keeps it)."""
     if fd is None:
         sock.sendmsg([data])
     else:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd.fileno()]))])
