@@ -204,7 +204,7 @@ def test_a_stopped_driver_ends_the_watch_with_status_3(tmp_path: Path, signum: s
         errors = process.stderr.read().decode().splitlines()
     assert status == 3, errors
     assert len(errors) == 1, errors
-    assert errors[0].startswith("sharingmemory: the driver stopped")
+    assert errors[0].startswith("sharingmemory: error: the driver stopped")
     assert f"pid {driver.pid}" in errors[0]
 
 

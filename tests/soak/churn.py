@@ -39,7 +39,7 @@ from typing import Any
 import sharingmemory
 from sharingmemory import EPOCH_AS_FILETIME, IOCTL_GIVE_ME_YOUR_MEMORY
 from sharingmemory._defs.protocol import MajorFunction, Request, encode_request
-from sharingmemory.cli.main import parse_duration
+from sharingmemory.cli.options import parse_duration
 from sharingmemory.winioctl import FILE_READ_DATA
 from tests.support import RawConnection, rss_kib, start_driver, wait_for
 

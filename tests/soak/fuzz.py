@@ -44,7 +44,7 @@ from sharingmemory._defs.protocol import (
     encode_request,
 )
 from sharingmemory._defs.status import is_error
-from sharingmemory.cli.main import parse_duration
+from sharingmemory.cli.options import parse_duration
 from sharingmemory.winioctl import FILE_READ_DATA, FILE_WRITE_DATA
 from tests.support import rss_kib, start_driver, wait_for
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from sharingmemory._driver.clock import time_zone_bias
-from sharingmemory.cli.main import parse_duration
+from sharingmemory.cli.options import parse_duration
 
 SECOND = 1_000_000_000
 

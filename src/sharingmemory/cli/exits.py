@@ -1,20 +1,32 @@
 """The command line's exit statuses and its one-line failure, shared by every subcommand.
 
-Exit status: 0 success; 1 the driver or the system reported an error; 2 bad usage;
-3 the driver stopped while `watch` was running; 130 interrupted (Ctrl-C).
+The statuses are defined here once; `--help`, the man page and the README say them from
+`EXIT_STATUS_TEXT`.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_DRIVER_STOPPED = 3
-EXIT_INTERRUPTED = 130
+from typing import Final
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_DRIVER_STOPPED: Final = 3
+EXIT_INTERRUPTED: Final = 130
+
+#: Each status and what it means, in the order they are documented.
+EXIT_MEANINGS: Final = {
+    EXIT_OK: "ok",
+    EXIT_ERROR: "error",
+    EXIT_USAGE: "bad usage",
+    EXIT_DRIVER_STOPPED: "the driver stopped during watch",
+    EXIT_INTERRUPTED: "interrupted",
+}
+EXIT_STATUS_TEXT: Final = ", ".join(f"{status} {meaning}" for status, meaning in EXIT_MEANINGS.items())
 
 
 class CommandError(Exception):
-    """A failure to report as one line, with its exit status."""
+    """A failure to report as one line (`sharingmemory: error: MESSAGE`), with its exit status."""
 
     def __init__(self, message: str, exit_status: int = EXIT_ERROR) -> None:
         super().__init__(message)

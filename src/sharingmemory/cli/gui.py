@@ -18,6 +18,7 @@ built without it; then `GuiUnavailable` carries the one line to show.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import math
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Final
 from .._client import next_deadline_delay, retry_step
 from .._defs import STATE_RUNNING, STATE_STOPPED, NtStatusError, PageSnapshot
 from .display import LatenessMeter, describe_interval, describe_lateness
+from .exits import EXIT_OK, CommandError
+from .options import add_client_options, parse_positive
 from .session import Session, open_session
 
 if TYPE_CHECKING:
@@ -61,6 +64,24 @@ class GuiOptions:
     timeout: float = 5.0
     interval: str = "1s"
     count: int | None = None
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gui = commands.add_parser("gui", help="the Kernel Timer window: the local time from the shared page at each tick")
+    add_client_options(gui)
+    gui.add_argument("--count", type=parse_positive, metavar="N", help="close the window by itself after N ticks")
+    gui.add_argument(
+        "--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)"
+    )
+    gui.set_defaults(func=cmd_gui)
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    try:
+        run_gui(GuiOptions(socket=args.socket, timeout=args.timeout, interval=args.interval, count=args.count))
+    except GuiUnavailable as err:
+        raise CommandError(str(err)) from err
+    return EXIT_OK
 
 
 def run_gui(options: GuiOptions) -> None:

@@ -16,6 +16,23 @@ from . import systemd_units as _units
 from .exits import EXIT_OK, CommandError
 
 
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    install = commands.add_parser(
+        "install-unit",
+        help="write sharingmemory.service and sharingmemory.socket for systemd",
+        description="Write the systemd units that run this Python's `-m sharingmemory serve` as a "
+        "socket-activated service, then print the systemctl commands that start it.",
+    )
+    install.add_argument("--user", action="store_true", help="units for your user's manager (systemctl --user)")
+    install.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="where to write them (default /etc/systemd/system, with --user ~/.config/systemd/user)",
+    )
+    install.add_argument("--force", action="store_true", help="replace existing units that differ")
+    install.set_defaults(func=cmd_install_unit)
+
+
 def cmd_install_unit(args: argparse.Namespace) -> int:
     """Write the service and socket units, all or nothing: every file is checked before any is
     written, so a refusal leaves the directory as it was."""

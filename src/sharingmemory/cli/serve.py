@@ -25,6 +25,76 @@ from .._server import (
     service_manager,
 )
 from .exits import EXIT_OK, EXIT_USAGE, CommandError
+from .options import parse_duration, parse_id, parse_octal_mode, parse_positive, parse_positive_seconds, socket_help
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser("serve", help="run the driver daemon in the foreground")
+    serve.add_argument("--socket", metavar="PATH", help=socket_help())
+    serve.add_argument(
+        "--interval",
+        type=parse_duration,
+        default=1_000_000_000,
+        metavar="DURATION",
+        help="timer period: 1s, 250ms, 1ms (default 1s)",
+    )
+    serve.add_argument(
+        "--allow-uid",
+        type=parse_id,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also let this uid open the device (repeatable)",
+    )
+    serve.add_argument(
+        "--allow-gid",
+        type=parse_id,
+        action="append",
+        default=[],
+        metavar="GID",
+        help="also let this primary gid open the device (repeatable)",
+    )
+    serve.add_argument(
+        "--max-handles",
+        type=parse_positive,
+        metavar="N",
+        help="open handles at most, overall (default: the open-file limit, raised to its hard limit, "
+        "less a reserve of 64, halved since a handle may hold two fds)",
+    )
+    serve.add_argument(
+        "--max-handles-per-uid",
+        type=parse_positive,
+        metavar="N",
+        help="open handles at most per uid (default: half of --max-handles' default)",
+    )
+    serve.add_argument(
+        "--create-timeout",
+        type=parse_positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="close a connection that sends no CREATE within this time (default 5)",
+    )
+    serve.add_argument(
+        "--socket-mode",
+        type=parse_octal_mode,
+        default=0o660,
+        metavar="MODE",
+        help="mode of the socket file (default 0660)",
+    )
+    serve.add_argument(
+        "--dir-mode",
+        type=parse_octal_mode,
+        default=0o750,
+        metavar="MODE",
+        help="mode of a socket directory it creates (default 0750)",
+    )
+    serve.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the options and the service manager's environment, print 'configuration OK' and exit; "
+        "creates and binds nothing",
+    )
+    serve.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

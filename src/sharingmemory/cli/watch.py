@@ -14,6 +14,7 @@ KeyboardInterrupt into exit status 130).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import time
@@ -23,6 +24,8 @@ from typing import Final, TextIO
 
 from .._defs import DEVICE_NAME, STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout, resolve_device_name
 from .display import Display, Frame, LatenessMeter, TerminalDisplay, choose_display
+from .exits import EXIT_DRIVER_STOPPED, EXIT_OK, CommandError
+from .options import add_client_options, parse_positive
 from .session import Session, next_tick, open_session
 
 #: Backoff of `--follow` while no driver serves the path: first retry, growth, ceiling (seconds).
@@ -45,6 +48,35 @@ class WatchOptions:
     count: int | None = None
     as_json: bool = False
     follow: bool = False
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    watch = commands.add_parser("watch", help="show the local time from the shared page at each tick")
+    add_client_options(watch)
+    watch.add_argument("--count", type=parse_positive, metavar="N", help="stop after N ticks")
+    watch.add_argument(
+        "--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)"
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object per tick (JSON Lines)")
+    watch.add_argument(
+        "--follow",
+        action="store_true",
+        help="when the driver stops, wait for a new one at the same path and go on "
+        "(waits for the first one too; never starts a private driver)",
+    )
+    watch.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    options = WatchOptions(
+        socket=args.socket, timeout=args.timeout, interval=args.interval,
+        count=args.count, as_json=args.json, follow=args.follow,
+    )  # fmt: skip
+    try:
+        run_watch(options)
+    except DriverStopped as err:
+        raise CommandError(str(err), EXIT_DRIVER_STOPPED) from err
+    return EXIT_OK
 
 
 def run_watch(options: WatchOptions, out: TextIO | None = None, err: TextIO | None = None) -> None:
