@@ -27,7 +27,11 @@ class NtStatus(enum.IntEnum):
     STATUS_INVALID_DEVICE_REQUEST = 0xC0000010
     STATUS_ACCESS_DENIED = 0xC0000022
     STATUS_BUFFER_TOO_SMALL = 0xC0000023
+    STATUS_OBJECT_NAME_INVALID = 0xC0000033
     STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
+    STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+    STATUS_SECTION_TOO_BIG = 0xC0000040
+    STATUS_QUOTA_EXCEEDED = 0xC0000044
     STATUS_REVISION_MISMATCH = 0xC0000059
     STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
     STATUS_DEVICE_NOT_CONNECTED = 0xC000009D
@@ -119,10 +123,41 @@ class BufferTooSmall(NtStatusError):
     status = NtStatus.STATUS_BUFFER_TOO_SMALL
 
 
-class DeviceNotFound(NtStatusError):
-    """STATUS_OBJECT_NAME_NOT_FOUND: no driver listens at the device's path."""
+class ObjectNameInvalid(NtStatusError):
+    """STATUS_OBJECT_NAME_INVALID: a name (of a section, say) breaks the naming rules."""
+
+    status = NtStatus.STATUS_OBJECT_NAME_INVALID
+
+
+class ObjectNameNotFound(NtStatusError):
+    """STATUS_OBJECT_NAME_NOT_FOUND: nothing of that name exists (a section, or the device)."""
 
     status = NtStatus.STATUS_OBJECT_NAME_NOT_FOUND
+
+
+class DeviceNotFound(ObjectNameNotFound):
+    """STATUS_OBJECT_NAME_NOT_FOUND for the device itself: no driver listens at its path.
+
+    Raised by the client when it cannot connect; a name the driver does not know arrives as
+    the base class, so `except DeviceNotFound` means "no driver" and nothing else."""
+
+
+class ObjectNameCollision(NtStatusError):
+    """STATUS_OBJECT_NAME_COLLISION: a live object of that name exists already."""
+
+    status = NtStatus.STATUS_OBJECT_NAME_COLLISION
+
+
+class SectionTooBig(NtStatusError):
+    """STATUS_SECTION_TOO_BIG: the section asked for is larger than the driver allows."""
+
+    status = NtStatus.STATUS_SECTION_TOO_BIG
+
+
+class QuotaExceeded(NtStatusError):
+    """STATUS_QUOTA_EXCEEDED: a per-uid or overall limit of the driver is reached."""
+
+    status = NtStatus.STATUS_QUOTA_EXCEEDED
 
 
 class RevisionMismatch(NtStatusError):
@@ -180,7 +215,11 @@ _EXCEPTIONS: dict[int, type[NtStatusError]] = {
         InvalidDeviceRequest,
         AccessDenied,
         BufferTooSmall,
-        DeviceNotFound,
+        ObjectNameInvalid,
+        ObjectNameNotFound,
+        ObjectNameCollision,
+        SectionTooBig,
+        QuotaExceeded,
         RevisionMismatch,
         InsufficientResources,
         DeviceNotConnected,
