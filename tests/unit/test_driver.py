@@ -299,3 +299,9 @@ def test_config_is_validated() -> None:
         DriverConfig(interval_ns=999_999)
     with pytest.raises(ValueError, match="at least 1"):
         DriverConfig(max_handles=0)
+
+
+@pytest.mark.parametrize("interval_ns", [0, 999_999, 86_400 * SECOND + 1, 20_000_000_000 * SECOND])
+def test_intervals_outside_one_millisecond_to_a_day_are_refused(interval_ns: int) -> None:
+    with pytest.raises(ValueError, match="from 1 ms to 24 h"):
+        DriverConfig(interval_ns=interval_ns)

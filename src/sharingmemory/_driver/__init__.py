@@ -5,6 +5,7 @@ No sockets: the server (layer 4) moves bytes and fds, the driver decides what th
 """
 
 from .driver import (
+    MAX_INTERVAL_NS,
     MIN_INTERVAL_NS,
     AccessPolicy,
     Completion,
@@ -16,6 +17,7 @@ from .driver import (
 )
 
 __all__ = [
+    "MAX_INTERVAL_NS",
     "MIN_INTERVAL_NS",
     "AccessPolicy",
     "Completion",

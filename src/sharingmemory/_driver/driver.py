@@ -67,6 +67,9 @@ from .memory import SealedMemory
 log = logging.getLogger("sharingmemory.driver")
 
 MIN_INTERVAL_NS = 1_000_000
+#: A day: the longest period anyone means for a clock's tick, and far inside what the page's
+#: u64 `interval_ns` and timerfd's time_t deadlines can carry.
+MAX_INTERVAL_NS = 86_400 * 1_000_000_000
 DEFAULT_INTERVAL_NS = 1_000_000_000
 _POINTER = struct.Struct("<Q")
 _ONE = (1).to_bytes(8, "little")
@@ -135,8 +138,8 @@ class DriverConfig:
     max_handles_per_uid: int = 1024
 
     def __post_init__(self) -> None:
-        if self.interval_ns < MIN_INTERVAL_NS:
-            raise ValueError(f"interval must be at least 1 ms, not {self.interval_ns} ns")
+        if not MIN_INTERVAL_NS <= self.interval_ns <= MAX_INTERVAL_NS:
+            raise ValueError(f"interval must be from 1 ms to 24 h, not {self.interval_ns} ns")
         if self.max_handles < 1 or self.max_handles_per_uid < 1:
             raise ValueError("handle limits must be at least 1")
 
