@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tests.support import DriverProcess, start_driver
 
+from sharingmemory.cli.private_driver import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -145,19 +147,14 @@ def spawn(
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """Close a helper's standard input (its signal to finish), then terminate it if it lingers."""
+    """Close a helper's standard input (its signal to finish), then SIGTERM it if it lingers."""
     if process.stdin is not None:
         with contextlib.suppress(OSError):
             process.stdin.close()
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout)
 
 
 def machine_description() -> dict[str, str]:

@@ -29,6 +29,7 @@ from multiprocessing import shared_memory
 from typing import Any
 
 from sharingmemory import open_device
+from sharingmemory.cli.private_driver import stop_process
 
 from ._common import Config, Figure, Section, driver, median, ns_per_call, spawn, stop
 
@@ -164,8 +165,7 @@ def _redis() -> Iterator[Peer]:
             yield Peer("Redis GET (loopback TCP)", lambda: client.get("smbench:time"), attach, GOAL_SOCKET, slow=True)
             client.close()
         finally:
-            process.terminate()
-            process.wait(10)
+            stop_process(process, 10)
 
 
 def _free_port() -> int:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from sharingmemory import Device, open_device
+from sharingmemory.cli.private_driver import stop_process
 
 from ._common import Config, Figure, Section, median, percentile, spawn, stop
 from ._plots import line_chart
@@ -66,12 +67,7 @@ def run(config: Config) -> Section:
                 device.close()
             for holder in holders:
                 stop(holder, timeout=60)
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, 30)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     path = line_chart(
         config.out_dir / "scale.png", "Driver at N mapped handles", "handles", "MiB / us",

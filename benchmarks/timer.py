@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sharingmemory import open_device
+from sharingmemory.cli.private_driver import stop_process
 
 from ._common import Config, Figure, Section, driver, percentile, spawn
 
@@ -150,8 +150,7 @@ def _server(interval: Interval, *, prototype: str) -> Iterator[str]:
             server.stdout.readline()  # "ready"
             yield socket_path
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(30)
+            stop_process(server, 30)
 
 
 def _output(process: subprocess.Popen[bytes]) -> str:
