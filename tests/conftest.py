@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import DriverProcess, start_driver
+from tests.support import DriverProcess, open_fds, start_driver
 
 
 @pytest.fixture
@@ -29,19 +28,12 @@ def fast_driver(tmp_path: Path) -> Iterator[DriverProcess]:
 @pytest.fixture
 def no_fd_leak() -> Iterator[None]:
     """Fail the test if it leaves this process with more open fds than it started with."""
-    before = set(os.listdir("/proc/self/fd"))
+    before = open_fds()
     yield
     for _ in range(50):  # give the GC and closing sockets a moment
-        after = set(os.listdir("/proc/self/fd"))
+        after = open_fds()
         if len(after) <= len(before):
             return
         time.sleep(0.01)
-    leaked = {fd: _describe(fd) for fd in after - before}
+    leaked = {fd: link for fd, link in after.items() if fd not in before}
     pytest.fail(f"fds leaked by the test: {leaked}")
-
-
-def _describe(fd: str) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return "?"

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sharingmemory
+from sharingmemory import IOCTL_GIVE_ME_YOUR_MEMORY, NtStatus
 from sharingmemory._defs.protocol import MAX_MESSAGE_SIZE, MajorFunction, Reply, Request, decode_reply, encode_request
 from sharingmemory.cli.private_driver import stop_process
+from sharingmemory.winioctl import FILE_READ_DATA
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0  # longer than the library's 5 s: the machine running the suite is shared
@@ -45,20 +47,16 @@ class DriverProcess:
 
     def fds(self) -> list[str]:
         """What the driver process has open, as /proc/PID/fd links."""
-        result = []
-        for name in os.listdir(f"/proc/{self.pid}/fd"):
-            with contextlib.suppress(OSError):
-                result.append(os.readlink(f"/proc/{self.pid}/fd/{name}"))
-        return result
+        return list(open_fds(self.pid).values())
 
     def memfds(self) -> set[int]:
         """Inodes of the memfds the driver holds open (Python's mmap keeps a dup of its fd, so
         one page is two fds and one inode)."""
         inodes = set()
-        for name in os.listdir(f"/proc/{self.pid}/fd"):
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{self.pid}/fd/{name}").startswith("/memfd:"):
-                    inodes.add(os.stat(f"/proc/{self.pid}/fd/{name}").st_ino)
+        for fd, link in open_fds(self.pid).items():
+            if link.startswith("/memfd:"):
+                with contextlib.suppress(OSError):  # closed since it was listed
+                    inodes.add(os.stat(f"/proc/{self.pid}/fd/{fd}").st_ino)
         return inodes
 
     def memfd_mappings(self) -> list[str]:
@@ -72,6 +70,17 @@ class DriverProcess:
         """SIGTERM the driver and reap it; its exit status (0: it stopped cleanly; -9: it had to
         be SIGKILLed after `timeout`, which a test asserting 0 then reports)."""
         return stop_process(self.process, timeout)
+
+
+def open_fds(pid: int | str = "self") -> dict[int, str]:
+    """The fds `pid` has open and what each is, as the /proc/PID/fd links name it ("socket:[N]",
+    "/memfd:... (deleted)", "anon_inode:[timerfd]"). An fd closed between the listing and its
+    readlink is left out: the process runs on while it is looked at (proc(5))."""
+    links = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            links[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+    return links
 
 
 def wait_for(predicate: object, timeout: float = 5.0, interval: float = 0.01) -> bool:
@@ -131,6 +140,12 @@ def _status_field(pid: int, name: str) -> int:
     raise LookupError(f"{name} not in /proc/{pid}/status")
 
 
+def _answered(reply: Reply | None, what: str) -> Reply:
+    if reply is None:
+        raise AssertionError(f"the driver hung up instead of answering {what}")
+    return reply
+
+
 class RawConnection:
     """One connection to the device that speaks the wire protocol by hand, for tests that send
     what the client library never would. Fds that replies bring are kept in `fds` (owned here,
@@ -169,6 +184,28 @@ class RawConnection:
         request_id, self._next_id = self._next_id, self._next_id + 1
         self.send_raw(encode_request(Request(major, request_id, code, output_length, data)), fds)
         return self.receive()
+
+    def create(self, access: int = FILE_READ_DATA) -> Reply:
+        """IRP_MJ_CREATE asking for `access`; the driver's answer, whatever its status (a
+        hang-up instead fails the test)."""
+        return _answered(self.request(MajorFunction.IRP_MJ_CREATE, access), "IRP_MJ_CREATE")
+
+    def give_me_your_memory(self) -> Reply:
+        """IOCTL_GIVE_ME_YOUR_MEMORY on this connection's handle; the answer, whatever its status
+        (a hang-up fails the test). The page fd it brings, if any, is appended to `fds`."""
+        reply = self.request(MajorFunction.IRP_MJ_DEVICE_CONTROL, IOCTL_GIVE_ME_YOUR_MEMORY, 8)
+        return _answered(reply, "IOCTL_GIVE_ME_YOUR_MEMORY")
+
+    def open_page(self, access: int = FILE_READ_DATA) -> int:
+        """CREATE then map, as `open_device(map=True)` does but one reply at a time, each step
+        required to succeed; the page fd exactly as the driver sent it (owned here)."""
+        created = self.create(access)
+        if created.status != NtStatus.STATUS_SUCCESS:
+            raise AssertionError(f"CREATE answered {created.status!r}")
+        reply = self.give_me_your_memory()
+        if reply.status != NtStatus.STATUS_SUCCESS or not reply.has_fd or len(self.fds) != 1:
+            raise AssertionError(f"GIVE_ME_YOUR_MEMORY answered {reply.status!r} with fds {self.fds}")
+        return self.fds[0]
 
     def closed_by_peer(self) -> bool:
         """Wait (up to the socket timeout) for the driver to hang up; replies before it are

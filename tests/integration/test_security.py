@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import sharingmemory
-from sharingmemory import IOCTL_GIVE_ME_YOUR_MEMORY, IOCTL_QUERY_STATUS, NtStatus
+from sharingmemory import IOCTL_QUERY_STATUS, NtStatus
 from sharingmemory._defs.page import MAGIC, PAGE_SIZE
 from sharingmemory._defs.protocol import MAX_MESSAGE_SIZE, MajorFunction, Request, encode_request
 from sharingmemory._driver.memory import PAGE_SEALS
@@ -56,15 +56,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # readable by other uids, unlike the venv's 
 def page_fd(driver: DriverProcess) -> Iterator[int]:
     """The page fd exactly as the driver sends it, received by hand."""
     with RawConnection(driver.socket_path) as raw:
-        created = raw.request(MajorFunction.IRP_MJ_CREATE, FILE_READ_DATA)
-        assert created is not None
-        assert created.status == NtStatus.STATUS_SUCCESS
-        reply = raw.request(MajorFunction.IRP_MJ_DEVICE_CONTROL, IOCTL_GIVE_ME_YOUR_MEMORY, 8)
-        assert reply is not None
-        assert reply.status == NtStatus.STATUS_SUCCESS
-        assert reply.has_fd
-        assert len(raw.fds) == 1
-        yield raw.fds[0]
+        yield raw.open_page()
 
 
 @pytest.fixture
@@ -152,14 +144,6 @@ def test_private_writable_mapping_never_reaches_the_page(page_fd: int) -> None:
 # --- fds a client sends ---------------------------------------------------------------------------
 
 
-def _fd_links(pid: int) -> list[str]:
-    links = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(FileNotFoundError):
-            links.append(os.readlink(f"/proc/{pid}/fd/{name}"))
-    return links
-
-
 @pytest.mark.parametrize(
     ("when", "count"), [("before-create", 2), ("after-create", 2), ("no-data", 2), ("more-than-fit", 12)]
 )
@@ -167,10 +151,10 @@ def test_fds_sent_by_a_client_are_closed_at_once(driver: DriverProcess, when: st
     with RawConnection(driver.socket_path) as raw:
         # One reply first, so the driver has accepted the connection before its fds are counted.
         if when == "after-create":
-            assert raw.request(MajorFunction.IRP_MJ_CREATE, FILE_READ_DATA) is not None
+            raw.create()
         else:
             assert raw.request(MajorFunction.IRP_MJ_CLEANUP) is not None  # before CREATE: refused, kept
-        before = _fd_links(driver.pid)
+        before = driver.fds()
         memfd = os.memfd_create("client-probe", os.MFD_CLOEXEC)
         os.ftruncate(memfd, PAGE_SIZE)
         pipes = [os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) for _ in range(count - 1)]
@@ -190,7 +174,7 @@ def test_fds_sent_by_a_client_are_closed_at_once(driver: DriverProcess, when: st
             # The driver holds no write end: every read end is at end of file, not "would block".
             for r, _w in pipes:
                 assert os.read(r, 1) == b""
-            after = _fd_links(driver.pid)
+            after = driver.fds()
             assert not [link for link in after if "client-probe" in link]
             assert not [line for line in driver.memfd_mappings() if "client-probe" in line]
             # The same fds as before; a message without data ends its connection, so one less.
@@ -307,11 +291,8 @@ def test_give_me_your_memory_needs_read_access(driver: DriverProcess) -> None:
 
 def test_write_only_raw_handle_gets_no_fd(driver: DriverProcess) -> None:
     with RawConnection(driver.socket_path) as raw:
-        created = raw.request(MajorFunction.IRP_MJ_CREATE, FILE_WRITE_DATA)
-        assert created is not None
-        assert created.status == NtStatus.STATUS_SUCCESS
-        reply = raw.request(MajorFunction.IRP_MJ_DEVICE_CONTROL, IOCTL_GIVE_ME_YOUR_MEMORY, 8)
-        assert reply is not None
+        assert raw.create(FILE_WRITE_DATA).status == NtStatus.STATUS_SUCCESS
+        reply = raw.give_me_your_memory()
         assert reply.status == NtStatus.STATUS_ACCESS_DENIED
         assert not reply.has_fd
         assert raw.fds == []
@@ -321,9 +302,7 @@ def test_write_only_raw_handle_gets_no_fd(driver: DriverProcess) -> None:
 @pytest.mark.parametrize("access", [0, 0x80000000, FILE_READ_DATA | 0x100])
 def test_create_with_an_invalid_access_mask_is_refused(driver: DriverProcess, access: int) -> None:
     with RawConnection(driver.socket_path) as raw:
-        reply = raw.request(MajorFunction.IRP_MJ_CREATE, access)
-        assert reply is not None
-        assert reply.status == NtStatus.STATUS_INVALID_PARAMETER
+        assert raw.create(access).status == NtStatus.STATUS_INVALID_PARAMETER
         assert raw.closed_by_peer()
 
 
@@ -417,9 +396,7 @@ def test_overall_handle_limit(tmp_path: Path) -> None:
     with start_driver(tmp_path, "--max-handles", "2") as driver:
         first, second = driver.open(), driver.open()
         with RawConnection(driver.socket_path) as raw:
-            reply = raw.request(MajorFunction.IRP_MJ_CREATE, FILE_READ_DATA)
-            assert reply is not None
-            assert reply.status == NtStatus.STATUS_TOO_MANY_OPENED_FILES
+            assert raw.create().status == NtStatus.STATUS_TOO_MANY_OPENED_FILES
             assert raw.closed_by_peer()
         with pytest.raises(sharingmemory.TooManyOpenedFiles):
             driver.open()
@@ -445,7 +422,7 @@ def test_a_cleaned_up_handle_counts_until_it_is_closed(tmp_path: Path) -> None:
     or a client could hold any number of connections past the limit."""
     with start_driver(tmp_path, "--max-handles", "1") as driver:
         with RawConnection(driver.socket_path) as held:
-            assert held.request(MajorFunction.IRP_MJ_CREATE, FILE_READ_DATA) is not None
+            held.create()
             cleaned = held.request(MajorFunction.IRP_MJ_CLEANUP)
             assert cleaned is not None
             assert cleaned.status == NtStatus.STATUS_SUCCESS
