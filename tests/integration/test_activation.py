@@ -1,13 +1,14 @@
-"""The driver as a service: socket activation, readiness, the watchdog, the units, --check-config.
+"""The driver as a service: socket activation, readiness, the watchdog, the passed socket.
 
 The service manager is played two ways: by this test, which creates and listens on the socket,
 receives the sd_notify datagrams and execs the driver with LISTEN_PID equal to its own pid as
-systemd does; and by systemd's own `systemd-socket-activate`, which we did not write.
+systemd does; and by systemd's own `systemd-socket-activate`, which we did not write. The
+environment parsers alone are in tests/unit/test_activation_environment.py; `serve
+--check-config` is in test_check_config.py, the units in test_install_unit.py.
 """
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import os
 import select
@@ -18,27 +19,19 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 import sharingmemory
 from sharingmemory import STATE_RUNNING
-from sharingmemory._server.activation import ListenFds, listen_fds, service_manager, watchdog_usec
+from sharingmemory._server.activation import service_manager
+from sharingmemory.cli.private_driver import stop_process
+from tests.command_line import clean_environ, one_line
 from tests.support import wait_for
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-_SERVICE_VARIABLES = (
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "NOTIFY_SOCKET",
-    "SHARINGMEMORY_SOCKET",
-)
 
 # What systemd does between fork and exec: the listening fd moves to 3 (SD_LISTEN_FDS_START) and
 # LISTEN_PID names the process that will run the daemon, which exec does not change.
@@ -51,12 +44,6 @@ if fd >= 0 and fd != 3:
 os.environ["LISTEN_PID"] = str(os.getpid())
 os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
-
-
-def _clean_environ(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in _SERVICE_VARIABLES}
-    env.update(extra)
-    return env
 
 
 def _seqpacket_listener(path: Path) -> socket.socket:
@@ -104,15 +91,14 @@ def notifications(tmp_path: Path) -> Iterator[Notifications]:
 
 @contextlib.contextmanager
 def running(command: list[str], log_path: Path, **popen: object) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `command` with its output in `log_path`; SIGKILL it if the test left it running."""
+    """Run `command` with its output in `log_path`; stop it (SIGTERM, then SIGKILL) if the test
+    left it running."""
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **popen)  # type: ignore[call-overload]
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+        stop_process(process)
 
 
 def _as_systemd(fd: int, *args: str) -> list[str]:
@@ -126,20 +112,13 @@ def _run_as_systemd(fd: int, *args: str, env: Mapping[str, str]) -> subprocess.C
     )  # fmt: skip
 
 
-def _one_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
-
-
 # --- activated by hand, as systemd does it ------------------------------------------------------
 
 
 def test_serves_a_socket_passed_the_way_systemd_does(tmp_path: Path, notifications: Notifications) -> None:
     path = tmp_path / "SharingMemory"
     listener = _seqpacket_listener(path)
-    env = _clean_environ(
+    env = clean_environ(
         LISTEN_FDS="1", LISTEN_FDNAMES="SharingMemory", NOTIFY_SOCKET=notifications.path, WATCHDOG_USEC="200000"
     )
     command = _as_systemd(listener.fileno(), "-vv", "serve")
@@ -186,7 +165,7 @@ def test_systemd_socket_activate_starts_the_driver_on_first_connection(
         "--setenv", f"NOTIFY_SOCKET={notifications.path}",
         sys.executable, "-m", "sharingmemory", "-vv", "serve",
     ]  # fmt: skip
-    with running(command, log_path, env=_clean_environ()) as activator:
+    with running(command, log_path, env=clean_environ()) as activator:
         assert wait_for(lambda: b"Listening on" in log_path.read_bytes() or activator.poll() is not None, 10)
         assert activator.poll() is None, log_path.read_text()
         # Nothing runs the driver yet: this connection is what starts it.
@@ -246,9 +225,9 @@ def test_a_passed_fd_that_is_not_the_device_socket_is_refused(
 ) -> None:
     args = ["serve", "--socket", str(tmp_path / "dev" / "S"), *(["--check-config"] if check_only else [])]
     with _passed(kind, tmp_path) as fd:
-        result = _run_as_systemd(fd, *args, env=_clean_environ(LISTEN_FDS="1"))
+        result = _run_as_systemd(fd, *args, env=clean_environ(LISTEN_FDS="1"))
     assert result.returncode == 1
-    line = _one_line(result)
+    line = one_line(result)
     assert line.startswith("sharingmemory: error: ")
     assert says in line
     assert not (tmp_path / "dev").exists()  # it did not fall back to binding a socket of its own
@@ -267,15 +246,15 @@ def test_a_passed_fd_that_is_not_the_device_socket_is_refused(
 )
 def test_a_bad_service_environment_is_one_line(tmp_path: Path, variables: dict[str, str], says: str) -> None:
     args = ("serve", "--check-config", "--socket", str(tmp_path / "S"))
-    result = _run_as_systemd(-1, *args, env=_clean_environ(**variables))
+    result = _run_as_systemd(-1, *args, env=clean_environ(**variables))
     assert result.returncode == 1
-    assert says in _one_line(result)
+    assert says in one_line(result)
 
 
 def test_check_config_reports_the_passed_socket_and_leaves_it_alone(tmp_path: Path) -> None:
     path = tmp_path / "SharingMemory"
     with _seqpacket_listener(path) as listener:
-        env = _clean_environ(LISTEN_FDS="1", WATCHDOG_USEC="4000000")
+        env = clean_environ(LISTEN_FDS="1", WATCHDOG_USEC="4000000")
         result = _run_as_systemd(listener.fileno(), "serve", "--check-config", env=env)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == (
@@ -288,43 +267,13 @@ def test_check_config_reports_the_passed_socket_and_leaves_it_alone(tmp_path: Pa
 def test_a_socket_option_that_contradicts_the_passed_socket_is_refused(tmp_path: Path) -> None:
     with _seqpacket_listener(tmp_path / "SharingMemory") as listener:
         result = _run_as_systemd(
-            listener.fileno(), "serve", "--socket", str(tmp_path / "other"), env=_clean_environ(LISTEN_FDS="1")
+            listener.fileno(), "serve", "--socket", str(tmp_path / "other"), env=clean_environ(LISTEN_FDS="1")
         )
     assert result.returncode == 2
-    assert "is not the socket the service manager passed" in _one_line(result)
+    assert "is not the socket the service manager passed" in one_line(result)
 
 
-# --- the environment, parsed as sd_listen_fds(3) and sd_watchdog_enabled(3) do ------------------
-
-
-def test_listen_fds_is_for_the_process_named_by_listen_pid() -> None:
-    env: MutableMapping[str, str] = {"LISTEN_FDS": "2", "LISTEN_PID": "1234", "LISTEN_FDNAMES": "a:b"}
-    assert listen_fds(dict(env), pid=1234) == ListenFds((3, 4), ("a", "b"))
-    assert listen_fds(dict(env), pid=4321) is None  # inherited from an activated parent
-    assert listen_fds({"LISTEN_FDS": "0", "LISTEN_PID": "1"}, pid=1) is None
-    assert listen_fds({}, pid=1) is None
-    assert listen_fds({"LISTEN_FDS": "1", "LISTEN_PID": "1"}, pid=1) == ListenFds((3,), ("unknown",))
-
-
-@pytest.mark.parametrize(
-    "env",
-    [
-        {"LISTEN_FDS": "1", "LISTEN_PID": "1"},
-        {"LISTEN_FDS": "1", "LISTEN_PID": "2"},
-        {"LISTEN_FDS": "x", "LISTEN_PID": "1"},
-        {"LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "a:b"},
-    ],
-)
-def test_listen_variables_are_unset_on_every_path(env: dict[str, str]) -> None:
-    with contextlib.suppress(sharingmemory.DeviceConfigurationError):
-        listen_fds(env, pid=1)
-    assert env == {}
-
-
-def test_listen_variables_are_kept_when_only_checking() -> None:
-    env = {"LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "x"}
-    listen_fds(env, unset=False, pid=1)
-    assert env == {"LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "x"}
+# --- what activation leaves to the driver's children ---------------------------------------------
 
 
 def test_children_do_not_inherit_the_activation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,191 +286,3 @@ def test_children_do_not_inherit_the_activation(monkeypatch: pytest.MonkeyPatch)
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert child.stdout.strip() == "[]"
-
-
-def test_watchdog_applies_to_the_process_named_by_watchdog_pid() -> None:
-    assert watchdog_usec({"WATCHDOG_USEC": "5000000"}, pid=7) == 5_000_000
-    assert watchdog_usec({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": "7"}, pid=7) == 5_000_000
-    assert watchdog_usec({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": "8"}, pid=7) == 0
-    assert watchdog_usec({}, pid=7) == 0
-    with pytest.raises(sharingmemory.DeviceConfigurationError, match="WATCHDOG_PID"):
-        watchdog_usec({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": "me"}, pid=7)
-
-
-# --- serve --check-config -----------------------------------------------------------------------
-
-
-def _serve_check(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sharingmemory", "serve", "--check-config", *args],
-        env=_clean_environ() if env is None else env,
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
-
-
-def test_check_config_accepts_good_options_and_creates_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "dev" / "SharingMemory"
-    result = _serve_check(
-        "--socket", str(path), "--interval", "250ms", "--allow-uid", "1000", "--allow-gid", "100",
-        "--socket-mode", "0600", "--dir-mode", "0700",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"configuration OK: socket {path}, interval 250 ms"
-    assert result.stderr == ""
-    assert not path.parent.exists()
-
-
-def _prepare(tmp_path: Path, case: str) -> str:
-    """A socket path whose surroundings make `case` go wrong."""
-    if case == "long":
-        return str(tmp_path / ("x" * 120))
-    if case == "dir is a file":
-        (tmp_path / "dev").write_text("")
-        return str(tmp_path / "dev" / "S")
-    if case == "dir is everyone's":
-        (tmp_path / "dev").mkdir()
-        (tmp_path / "dev").chmod(0o777)
-        return str(tmp_path / "dev" / "S")
-    if case == "path is a file":
-        (tmp_path / "S").write_text("precious")
-        return str(tmp_path / "S")
-    assert case == "parent missing"
-    return str(tmp_path / "no" / "such" / "S")
-
-
-@pytest.mark.parametrize(
-    ("case", "says"),
-    [
-        ("long", "socket path is longer than 107 bytes"),
-        ("dir is a file", "is not a directory"),
-        ("dir is everyone's", "is writable by everyone; refusing to serve from it"),
-        ("path is a file", "exists and is not a socket; refusing to replace it"),
-        ("parent missing", "is missing"),
-    ],
-)
-def test_check_config_refuses_an_unsafe_socket_path(tmp_path: Path, case: str, says: str) -> None:
-    result = _serve_check("--socket", _prepare(tmp_path, case))
-    assert result.returncode == 1
-    line = _one_line(result)
-    assert line.startswith("sharingmemory: error: ")
-    assert says in line
-    if case == "path is a file":
-        assert (tmp_path / "S").read_text() == "precious"
-
-
-@pytest.mark.parametrize(
-    ("args", "says"),
-    [
-        (("--interval", "0"), "--interval"),
-        (("--interval", "soon"), "invalid duration"),
-        (("--socket-mode", "0444"), "--socket-mode 0444 denies the owner write permission"),
-        (("--socket-mode", "888"), "invalid mode"),
-        (("--dir-mode", "0666"), "--dir-mode 0666 denies the owner rwx"),
-        (("--dir-mode", "0777"), "--dir-mode 0777 makes the directory writable by everyone"),
-        (("--allow-uid", "alice"), "--allow-uid"),
-        (("--allow-gid", "4294967295"), "--allow-gid"),
-        (("--max-handles", "0"), "--max-handles"),
-    ],
-)
-def test_check_config_refuses_a_bad_option_in_one_line(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
-    result = _serve_check("--socket", str(tmp_path / "S"), *args)
-    assert result.returncode == 2
-    # argparse's own errors may come after a usage text; the error itself is one line.
-    errors = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
-    assert len(errors) == 1, result.stderr
-    assert says in errors[0]
-
-
-def test_serve_itself_refuses_what_check_config_refuses(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "sharingmemory", "serve", "--socket", str(tmp_path / "S"), "--socket-mode", "0400"],
-        env=_clean_environ(), capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "--socket-mode 0400 denies the owner write permission" in _one_line(result)
-    assert not (tmp_path / "S").exists()
-
-
-# --- install-unit -------------------------------------------------------------------------------
-
-
-def _install(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sharingmemory", "install-unit", *args],
-        env=_clean_environ() if env is None else env,
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
-
-
-def _parse_unit(path: Path) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, strict=True, delimiters=("=",))
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # unit keys are case-sensitive
-    parser.read_string(path.read_text())
-    return parser
-
-
-def test_install_unit_writes_both_units_and_says_what_next(tmp_path: Path) -> None:
-    units = tmp_path / "units"
-    result = _install("--dir", str(units))
-    assert result.returncode == 0, result.stderr
-    service, socket_unit = units / "sharingmemory.service", units / "sharingmemory.socket"
-    assert result.stdout.splitlines() == [
-        f"wrote {service}",
-        f"wrote {socket_unit}",
-        *([line for line in result.stdout.splitlines() if line.startswith("note: ")]),
-        "next:",
-        "  systemctl daemon-reload",
-        "  systemctl enable --now sharingmemory.socket",
-    ]
-    for path in (service, socket_unit):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    parsed = _parse_unit(service)
-    assert parsed["Service"]["ExecStart"] == f"{sys.executable} -m sharingmemory serve"
-    assert parsed["Service"]["Type"] == "notify"
-    assert _parse_unit(socket_unit)["Socket"]["ListenSequentialPacket"] == "%t/sharingmemory/SharingMemory"
-
-    again = _install("--dir", str(units))
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[:2] == [f"unchanged {service}", f"unchanged {socket_unit}"]
-
-
-def test_install_unit_refuses_to_replace_a_different_unit_without_force(tmp_path: Path) -> None:
-    units = tmp_path / "units"
-    units.mkdir()
-    (units / "sharingmemory.socket").write_text("[Socket]\nListenSequentialPacket=/somewhere/else\n")
-    refused = _install("--dir", str(units))
-    assert refused.returncode == 1
-    assert "sharingmemory.socket exists and differs from the unit to write; --force replaces it" in _one_line(refused)
-    assert (units / "sharingmemory.socket").read_text() == "[Socket]\nListenSequentialPacket=/somewhere/else\n"
-    assert not (units / "sharingmemory.service").exists()  # all or nothing
-
-    forced = _install("--dir", str(units), "--force")
-    assert forced.returncode == 0, forced.stderr
-    assert f"wrote {units / 'sharingmemory.socket'}" in forced.stdout.splitlines()
-    assert "%t/sharingmemory/SharingMemory" in (units / "sharingmemory.socket").read_text()
-    assert sorted(os.listdir(units)) == ["sharingmemory.service", "sharingmemory.socket"]  # no temporaries
-
-
-def test_install_unit_for_a_user_goes_to_the_users_config(tmp_path: Path) -> None:
-    result = _install("--user", env=_clean_environ(XDG_CONFIG_HOME=str(tmp_path / "config")))
-    assert result.returncode == 0, result.stderr
-    service = tmp_path / "config" / "systemd" / "user" / "sharingmemory.service"
-    assert f"wrote {service}" in result.stdout.splitlines()
-    assert "  systemctl --user enable --now sharingmemory.socket" in result.stdout.splitlines()
-    assert _parse_unit(service)["Service"]["ProtectHome"] == "read-only"
-
-
-@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze (Debian package systemd) not installed")
-@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
-def test_systemd_analyze_verify_finds_nothing_to_say(tmp_path: Path, user: bool) -> None:
-    assert SYSTEMD_ANALYZE is not None
-    units = tmp_path / "units"
-    assert _install("--dir", str(units), *(["--user"] if user else [])).returncode == 0
-    verify = subprocess.run(
-        [SYSTEMD_ANALYZE, *(["--user"] if user else []), "verify",
-         str(units / "sharingmemory.socket"), str(units / "sharingmemory.service")],
-        env=_clean_environ(XDG_RUNTIME_DIR=str(tmp_path)), cwd=tmp_path,
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stderr
-    assert verify.stderr.strip() == ""
