@@ -26,23 +26,20 @@ import json
 import os
 import random
 import select
-import shlex
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import sharingmemory
 from sharingmemory import EPOCH_AS_FILETIME, IOCTL_GIVE_ME_YOUR_MEMORY
 from sharingmemory._defs.protocol import MajorFunction, Request, encode_request
-from sharingmemory.cli.options import parse_duration
 from sharingmemory.winioctl import FILE_READ_DATA
-from tests.support import RawConnection, rss_kib, start_driver, wait_for
+from tests.support import RawConnection, rss_kib, wait_for
 
+from ._driver import add_driver_arguments, record_timer, soak_driver, worker_report
 from ._figures import Figures
 
 PHASES = ("before-create", "mid-ioctl", "mapped", "anywhere")
@@ -153,11 +150,7 @@ def _run_workers(path: str, args: argparse.Namespace, cycles: int, workers: int,
     while any(process.poll() is None for process in processes):
         max_rss = max(max_rss, rss_kib(pid))
         time.sleep(0.5)
-    reports = []
-    for process in processes:
-        out, _ = process.communicate()
-        reports.append(json.loads(out) if process.returncode == 0 and out.strip() else {"failed": process.returncode})
-    return reports, max_rss
+    return [worker_report(process) for process in processes], max_rss
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,16 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=100_000, help="cycles in all (default 100,000)")
     parser.add_argument("--workers", type=int, default=6, help="concurrent worker processes (default 6)")
     parser.add_argument("--kill-fraction", type=float, default=0.25, help="share of cycles SIGKILLed (default 0.25)")
-    parser.add_argument("--interval", default="20ms", help="the driver's timer period (default 20ms)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--phases",
         default=",".join(PHASES),
         help=f"where the kills happen, comma-separated (default {','.join(PHASES)})",
     )
-    parser.add_argument(
-        "--driver-prefix", default="", help='run the driver under this command, e.g. "nice -n -5" or "chrt -f 10"'
-    )
+    add_driver_arguments(parser, interval="20ms")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--worker", metavar="SOCKET", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -185,17 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     return _report(args, _measure(args))
 
 
-def _driver_prefix(args: argparse.Namespace) -> list[str]:
-    return shlex.split(args.driver_prefix)
-
-
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the driver and the workers; the raw numbers."""
     m: dict[str, Any] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="sharingmemory-churn-") as tmp,
-        start_driver(Path(tmp), interval=args.interval, verbosity="", prefix=_driver_prefix(args)) as driver,
-    ):
+    with soak_driver("churn", args) as driver:
         fd_dir = f"/proc/{driver.pid}/fd"
         # Warm up (lazy imports, allocator arenas, dict sizes), then take the baseline.
         _run_workers(driver.socket_path, args, min(500, args.cycles), 2, driver.pid)
@@ -219,7 +202,6 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(args: argparse.Namespace, m: dict[str, Any]) -> int:
-    interval_ns = parse_duration(args.interval)
     figures = Figures("churn")
     good = [report for report in m["reports"] if "failed" not in report]
     failed_workers = len(m["reports"]) - len(good)
@@ -254,9 +236,7 @@ def _report(args: argparse.Namespace, m: dict[str, Any]) -> int:
     figures.record("handles at end", m["handles"], "0", m["handles"] == 0)
     figures.record("ticks seen by the keeper", m["ticks"])
     status = m["status"]
-    figures.record("timer interval (ms)", interval_ns / 1e6)
-    figures.record("driver run under", args.driver_prefix or "(nothing)")
-    figures.record("late ticks (late by >= 1 interval)", status.late_ticks, "0", status.late_ticks == 0)
+    interval_ns = record_timer(figures, args, status)
     lateness_goal = f"< {interval_ns / 1e6:g}"
     figures.record(
         "max timer lateness (ms)", status.max_lateness_ns / 1e6, lateness_goal, status.max_lateness_ns < interval_ns

@@ -22,15 +22,12 @@ import json
 import os
 import random
 import select
-import shlex
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import sharingmemory
@@ -44,10 +41,10 @@ from sharingmemory._defs.protocol import (
     encode_request,
 )
 from sharingmemory._defs.status import is_error
-from sharingmemory.cli.options import parse_duration
 from sharingmemory.winioctl import FILE_READ_DATA, FILE_WRITE_DATA
-from tests.support import rss_kib, start_driver, wait_for
+from tests.support import rss_kib, wait_for
 
+from ._driver import add_driver_arguments, record_timer, soak_driver, worker_report
 from ._figures import Figures
 
 _HEADER = struct.Struct("<2sBBIIIII")
@@ -370,31 +367,11 @@ def _spawn(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
     )
 
 
-def _result(process: subprocess.Popen[str], stdin: str | None = None) -> dict[str, Any]:
-    out, _ = process.communicate(stdin, timeout=600)
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if process.returncode == 0 and lines else {"failed": process.returncode}
-
-
-def _driver_prefix(args: argparse.Namespace) -> list[str]:
-    return shlex.split(args.driver_prefix)
-
-
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     m: dict[str, Any] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="sharingmemory-fuzz-") as tmp,
-        start_driver(
-            Path(tmp),
-            "--create-timeout",
-            str(args.create_timeout),
-            interval=args.interval,
-            verbosity="",
-            prefix=_driver_prefix(args),
-        ) as driver,
-    ):
+    with soak_driver("fuzz", args, "--create-timeout", str(args.create_timeout)) as driver:
         fd_dir, path = f"/proc/{driver.pid}/fd", driver.socket_path
-        _result(_spawn("--worker", path, "--messages", "2000", "--seed", "0"))  # warm up
+        worker_report(_spawn("--worker", path, "--messages", "2000", "--seed", "0"))  # warm up
         m["base_fds"], m["base_rss"] = len(os.listdir(fd_dir)), rss_kib(driver.pid)
         m["load_start"] = os.getloadavg()[0]
         watcher = _spawn("--reader", path, stdin=subprocess.PIPE)
@@ -416,9 +393,9 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)
         m["elapsed"] = time.monotonic() - started
         m["load_end"] = os.getloadavg()[0]
-        m["workers"] = [_result(process) for process in workers]
-        m["flood"] = _result(flood)
-        m["reader"] = _result(watcher, stdin="")  # end of its stdin: the reader stops
+        m["workers"] = [worker_report(process) for process in workers]
+        m["flood"] = worker_report(flood)
+        m["reader"] = worker_report(watcher, stdin="")  # end of its stdin: the reader stops
         m["alive"] = driver.process.poll() is None
         wait_for(lambda: len(os.listdir(fd_dir)) <= m["base_fds"], timeout=10)
         m["end_fds"], m["end_rss"] = len(os.listdir(fd_dir)), rss_kib(driver.pid)
@@ -476,10 +453,7 @@ def _report(args: argparse.Namespace, m: dict[str, Any]) -> int:
     figures.record("reader's longest gap between polls (ms)", reader.get("max_gap_ms", -1.0))
     figures.record("reader saw tick_count go back", reader.get("went_back", -1), "0", reader.get("went_back", -1) == 0)
     status = m["status"]
-    interval_ns = parse_duration(args.interval)
-    figures.record("timer interval (ms)", interval_ns / 1e6)
-    figures.record("driver run under", args.driver_prefix or "(nothing)")
-    figures.record("late ticks (late by >= 1 interval)", status.late_ticks, "0", status.late_ticks == 0)
+    record_timer(figures, args, status)
     figures.record("handles at end", status.handles - 1, "0", status.handles == 1)
     return figures.report(as_json=args.json)
 
@@ -488,14 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak.fuzz", description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=1_000_000, help="hostile messages in all (default 1,000,000)")
     parser.add_argument("--workers", type=int, default=2, help="fuzz worker processes (default 2)")
-    parser.add_argument("--interval", default="50ms", help="the driver's timer period (default 50ms)")
     parser.add_argument("--create-timeout", type=float, default=2.0, help="the driver's --create-timeout (default 2)")
     parser.add_argument("--flood-rounds", type=int, default=5, help="rounds of idle connections (default 5)")
     parser.add_argument("--flood-connections", type=int, default=500, help="idle connections per round (default 500)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--driver-prefix", default="", help='run the driver under this command, e.g. "nice -n -5" or "chrt -f 10"'
-    )
+    add_driver_arguments(parser, interval="50ms")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--worker", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--reader", metavar="SOCKET", help=argparse.SUPPRESS)
