@@ -20,7 +20,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -35,6 +34,7 @@ from sharingmemory._defs.page import MAGIC, PAGE_SIZE
 from sharingmemory._defs.protocol import MAX_MESSAGE_SIZE, MajorFunction, Request, encode_request
 from sharingmemory._driver.memory import PAGE_SEALS
 from sharingmemory.winioctl import FILE_READ_DATA, FILE_WRITE_DATA
+from tests.command_line import one_line, run_cli
 from tests.support import DriverProcess, RawConnection, peak_rss_kib, start_driver, wait_for
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -322,10 +322,7 @@ def test_socket_and_directory_modes_are_configurable(tmp_path: Path) -> None:
 
 
 def _serve(socket_path: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sharingmemory", "serve", "--socket", socket_path, *args],
-        capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    return run_cli("serve", "--socket", socket_path, *args)
 
 
 def _unsafe_world_writable(tmp: Path) -> str:
@@ -373,10 +370,9 @@ def test_unsafe_socket_paths_are_refused_in_one_line(tmp_path: Path, make: Calla
     path = make(tmp_path)
     result = _serve(path)
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert says in lines[0]
-    assert lines[0].startswith("sharingmemory: error: ")
+    line = one_line(result)
+    assert says in line
+    assert line.startswith("sharingmemory: error: ")
     if os.path.isfile(path):
         assert Path(path).read_text() == "precious"  # untouched
     assert not os.path.exists(path + ".lock")
