@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -155,6 +156,25 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
         stop_process(process, timeout)
+
+
+def run_alone(run: Callable[[Config], Section], argv: Sequence[str] | None = None) -> int:
+    """`python -m benchmarks.NAME [--smoke] [--out DIR]`: one benchmark, its figures printed as
+    they come and nothing else written: no report, and plots in a temporary directory unless
+    --out names one, so that comparing a branch never rewrites docs/performance.md."""
+    module = sys.modules[run.__module__]  # __main__ under -m; its spec still has the real name
+    name = module.__spec__.name if module.__spec__ is not None else run.__module__
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=(module.__doc__ or "").split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="the short CI version (seconds; figures mean nothing)")
+    parser.add_argument("--out", type=Path, help="where its plots go (default: a temporary directory, removed)")
+    args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        out_dir = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smbench-")))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        section = run(Config(smoke=args.smoke, out_dir=out_dir))
+    missed = [figure.name for figure in section.figures if figure.met is False]
+    print(f"== {section.key}: {len(section.figures)} figures, goals missed: {len(missed)}", flush=True)
+    return 0
 
 
 def machine_description() -> dict[str, str]:

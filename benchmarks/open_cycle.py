@@ -13,6 +13,7 @@ import mmap
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,7 +21,19 @@ from pathlib import Path
 
 from sharingmemory import open_device
 
-from ._common import Config, Figure, Section, driver, median, percentile, ratio_figure, seconds_each, spawn, stop
+from ._common import (
+    Config,
+    Figure,
+    Section,
+    driver,
+    median,
+    percentile,
+    ratio_figure,
+    run_alone,
+    seconds_each,
+    spawn,
+    stop,
+)
 
 GOAL = 1.5
 _FD_SPACE = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
@@ -107,3 +120,7 @@ def _floor_cycle(path: str) -> None:
             os.close(fd)
         with page:
             int.from_bytes(page[24:32], "little")
+
+
+if __name__ == "__main__":
+    sys.exit(run_alone(run))

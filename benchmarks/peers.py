@@ -21,6 +21,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from typing import Any
 from sharingmemory import open_device
 from sharingmemory.cli.private_driver import stop_process
 
-from ._common import Config, Figure, Section, driver, median, ns_per_call, spawn, stop
+from ._common import Config, Figure, Section, driver, median, ns_per_call, run_alone, spawn, stop
 
 GOAL_SOCKET = 50.0  # our read at least this many times faster than a socket-based peer's
 GOAL_ICEORYX2_READ = 4.0
@@ -319,3 +320,7 @@ def _plot(config: Config, section: Section, reads: dict[str, float], attaches: d
     )
     if path is not None:
         section.plots.append(path)
+
+
+if __name__ == "__main__":
+    sys.exit(run_alone(run))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import time
 from collections.abc import Callable
 
 from sharingmemory import SharedPage, open_device
 from sharingmemory._defs.page import _GUARDED, _SEQ, PAGE_SIZE, SEQ_OFFSET, PageWriter
 
-from ._common import Config, Section, driver, ns_per_call, ratio_figure
+from ._common import Config, Section, driver, ns_per_call, ratio_figure, run_alone
 
 GOAL_SNAPSHOT = 4.0
 GOAL_SINGLE = 2.5
@@ -100,3 +101,7 @@ def _read_after_change(number: int, repeat: int) -> float:
             return max(0.0, both - alone)
     finally:
         os.close(fd)
+
+
+if __name__ == "__main__":
+    sys.exit(run_alone(run))

@@ -11,6 +11,7 @@ import json
 import resource
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from sharingmemory import Device, open_device
 from sharingmemory.cli.private_driver import stop_process
 
-from ._common import Config, Figure, Section, median, percentile, spawn, stop
+from ._common import Config, Figure, Section, median, percentile, run_alone, spawn, stop
 from ._plots import line_chart
 
 GOAL = 1.2
@@ -130,3 +131,7 @@ def _rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise LookupError("VmRSS")
+
+
+if __name__ == "__main__":
+    sys.exit(run_alone(run))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from ._common import ROOT, Config, Figure, Section, driver, python_module
+from ._common import ROOT, Config, Figure, Section, driver, python_module, run_alone
 from ._syscall_reader import BEGIN_MARK, END_MARK
 
 
@@ -54,3 +55,7 @@ def run(config: Config) -> Section:
         "takes the full seqlock path after every tick. Checked in CI by tests/integration/test_read_path_syscalls.py."
     )
     return section
+
+
+if __name__ == "__main__":
+    sys.exit(run_alone(run))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 from sharingmemory import open_device
 from sharingmemory.cli.private_driver import stop_process
 
-from ._common import Config, Figure, Section, driver, percentile, spawn
+from ._common import Config, Figure, Section, driver, percentile, run_alone, spawn
 
 GOAL_P99 = 1.5
 GOAL_MAX_US = 5_000.0
@@ -178,3 +179,7 @@ def _lateness(samples: list[list[int]], interval: int) -> tuple[list[float], lis
         wake.append(woke - mono)
         previous_tick, previous_mono = tick, mono
     return late, wake
+
+
+if __name__ == "__main__":
+    sys.exit(run_alone(run))
