@@ -88,13 +88,15 @@ def test_sdist_carries_tests_docs_headers_examples_and_the_license(built: Built)
         "docs/page-abi.md",
         "examples/c/read_time.c",
         "examples/c/Makefile",
+        "deploy/Containerfile",
+        "deploy/kubernetes/daemonset.yaml",
         "share/man/man1/sharingmemory.1",
         "share/bash-completion/completions/sharingmemory",
         *(f"include/sharingmemory/{header}" for header in HEADERS),
     }
     assert expected <= names, sorted(expected - names)
     # Every test and doc of the tree, not just the ones named above.
-    for folder in ("tests", "docs", "include", "examples"):
+    for folder in ("tests", "docs", "include", "examples", "deploy"):
         in_tree = {
             str(path.relative_to(ROOT))
             for path in (ROOT / folder).rglob("*")
