@@ -86,6 +86,7 @@ def test_sdist_carries_tests_docs_headers_examples_and_the_license(built: Built)
         "tests/integration/test_packaging.py",
         "docs/operations.md",
         "docs/page-abi.md",
+        "docs/fleet.md",
         "examples/c/read_time.c",
         "examples/c/Makefile",
         "deploy/Containerfile",
