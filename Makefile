@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make watch` needs the package alone (the core uses the standard library only), not the ~130 MB
+# of test and lint tools: it gets a venv of its own, with no extra.
+WATCH_VENV := .venv-watch
 
 .PHONY: test lint typecheck unit integration watch bench clean
 
@@ -28,9 +31,14 @@ integration: $(BIN)/pytest
 test: lint typecheck
 	$(BIN)/pytest
 
+$(WATCH_VENV)/bin/sharingmemory: pyproject.toml
+	$(PYTHON) -m venv $(WATCH_VENV)
+	$(WATCH_VENV)/bin/pip install --quiet -e .
+	touch $@
+
 ## The main job: watch the time in the shared page (starts a private driver if none runs).
-watch: $(BIN)/pytest
-	$(BIN)/sharingmemory watch
+watch: $(WATCH_VENV)/bin/sharingmemory
+	$(WATCH_VENV)/bin/sharingmemory watch
 
 ## The benchmark suite (< 10 min): figures and plots into docs/performance.md and docs/performance/.
 bench: $(BIN)/pytest
@@ -39,4 +47,4 @@ bench: $(BIN)/pytest
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(WATCH_VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -51,6 +51,7 @@ from ._defs import (
     filetime_to_datetime,
 )
 from ._defs.ioctl import CTL_CODE
+from ._include import get_include
 
 __version__ = "0.1.0"
 
@@ -96,6 +97,7 @@ __all__ = [
     "datetime_to_filetime",
     "default_socket_path",
     "filetime_to_datetime",
+    "get_include",
     "open_device",
     "winioctl",
 ]

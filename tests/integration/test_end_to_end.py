@@ -151,6 +151,7 @@ def test_close_releases_the_handle_stops_the_timer_and_frees_the_page(driver: Dr
     assert driver.memfd_mappings() == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="opens /proc/self/map_files: needs CAP_SYS_ADMIN (proc(5)), so root")
 def test_page_stays_readable_and_shows_stopped_after_close_of_the_last_handle(driver: DriverProcess) -> None:
     """A reader that kept its own mapping sees state=stopped once the page is freed."""
     with driver.open() as device:

@@ -93,6 +93,7 @@ def _link(fd: str) -> str:
         return ""
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="opens /proc/self/map_files: needs CAP_SYS_ADMIN (proc(5)), so root")
 def test_a_page_without_an_eventfd_waits_by_the_deadline_it_announces(fast_driver: DriverProcess) -> None:
     with fast_driver.open() as device:
         mapped = device.map_shared_memory()
