@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Final
 
 from .._client import next_deadline_delay, retry_step
 from .._defs import STATE_RUNNING, STATE_STOPPED, NtStatusError, PageSnapshot
-from .display import LatenessMeter, describe_interval, describe_lateness
+from .display import LatenessMeter, describe_interval, describe_lateness, utc_offset_text
 from .exits import EXIT_OK, CommandError
-from .options import add_client_options, parse_positive
-from .session import Session, open_session
+from .options import add_client_options, check_duration, parse_positive
+from .session import Session, open_session, patience
 
 if TYPE_CHECKING:
     import tkinter as tk
@@ -64,6 +64,7 @@ class GuiOptions:
     timeout: float = 5.0
     interval: str = "1s"
     count: int | None = None
+    quiet: bool = False  # -q: no notice of a private driver started for the window
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,14 +72,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_client_options(gui)
     gui.add_argument("--count", type=parse_positive, metavar="N", help="close the window by itself after N ticks")
     gui.add_argument(
-        "--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)"
+        "--interval",
+        default="1s",
+        type=check_duration,
+        metavar="DURATION",
+        help="timer period of a private driver (default 1s)",
     )
     gui.set_defaults(func=cmd_gui)
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
     try:
-        run_gui(GuiOptions(socket=args.socket, timeout=args.timeout, interval=args.interval, count=args.count))
+        options = GuiOptions(args.socket, args.timeout, args.interval, args.count, quiet=args.quiet)
+        run_gui(options)
     except GuiUnavailable as err:
         raise CommandError(str(err)) from err
     return EXIT_OK
@@ -104,7 +110,11 @@ def run_gui(options: GuiOptions) -> None:
     try:
         root.title(TITLE)
         with open_session(
-            options.socket, timeout=options.timeout, interval=options.interval, private_ok=True, announce=sys.stderr
+            options.socket,
+            timeout=options.timeout,
+            interval=options.interval,
+            private_ok=True,
+            announce=None if options.quiet else sys.stderr,
         ) as session:
             window = KernelTimerWindow(root, session, count=options.count)
             window.start()
@@ -199,7 +209,7 @@ class KernelTimerWindow:
                 return
             delay = next_deadline_delay(snap)
         else:
-            if now - self._last_news > 3 * snap.interval_ns / 1e9 + 1.0:
+            if now - self._last_news > patience(snap.interval_ns):
                 try:
                     self.session.device.query_status()
                 except (NtStatusError, ValueError):  # ValueError: the handle already found it broken
@@ -211,10 +221,9 @@ class KernelTimerWindow:
 
     def _show(self, snap: PageSnapshot) -> None:
         local = snap.local_datetime
-        offset = local.strftime("%z")
         running = snap.state == STATE_RUNNING
         self.clock.configure(text=f"{local:%H:%M:%S}", fg=_CLOCK if running else _MUTED)
-        self.date.configure(text=f"{local:%A %d %B %Y}   UTC{offset[:3]}:{offset[3:]}")
+        self.date.configure(text=f"{local:%A %d %B %Y}   {utc_offset_text(local)}")
         self.values["UTC"].configure(text=f"{snap.system_datetime:%H:%M:%S   %Y-%m-%d}")
         colour = {STATE_RUNNING: _GREEN, STATE_STOPPED: _RED}.get(snap.state, _YELLOW)
         self.values["Driver"].configure(text=f"● {snap.state_name}   pid {snap.writer_pid}", fg=colour)

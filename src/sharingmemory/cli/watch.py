@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 
 from .._defs import DEVICE_NAME, STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout, resolve_device_name
-from .display import Display, Frame, LatenessMeter, TerminalDisplay, choose_display
+from .display import Display, Frame, LatenessMeter, choose_display
 from .exits import EXIT_DRIVER_STOPPED, EXIT_OK, CommandError
-from .options import add_client_options, parse_positive
+from .options import add_client_options, check_duration, parse_positive
 from .session import Session, next_tick, open_session
 
 #: Backoff of `--follow` while no driver serves the path: first retry, growth, ceiling (seconds).
@@ -48,6 +48,7 @@ class WatchOptions:
     count: int | None = None
     as_json: bool = False
     follow: bool = False
+    quiet: bool = False  # -q: no notice of a private driver started for the session
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +56,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_client_options(watch)
     watch.add_argument("--count", type=parse_positive, metavar="N", help="stop after N ticks")
     watch.add_argument(
-        "--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)"
+        "--interval",
+        default="1s",
+        type=check_duration,
+        metavar="DURATION",
+        help="timer period of a private driver (default 1s)",
     )
     watch.add_argument("--json", action="store_true", help="one JSON object per tick (JSON Lines)")
     watch.add_argument(
@@ -70,7 +75,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def cmd_watch(args: argparse.Namespace) -> int:
     options = WatchOptions(
         socket=args.socket, timeout=args.timeout, interval=args.interval,
-        count=args.count, as_json=args.json, follow=args.follow,
+        count=args.count, as_json=args.json, follow=args.follow, quiet=args.quiet,
     )  # fmt: skip
     try:
         run_watch(options)
@@ -128,7 +133,11 @@ class _Watch:
         options = self.options
         if not options.follow:
             with open_session(
-                options.socket, timeout=options.timeout, interval=options.interval, private_ok=True, announce=self.err
+                options.socket,
+                timeout=options.timeout,
+                interval=options.interval,
+                private_ok=True,
+                announce=None if options.quiet else self.err,
             ) as session:
                 yield session
             return
@@ -160,8 +169,7 @@ class _Watch:
         if self.instance is not None and snap.instance_id != self.instance:
             notice = f"new driver: instance {snap.instance_id.hex()[:8]} (was {self.instance.hex()[:8]})"
             notice_until = self.shown + 5  # long enough to be read on the live display
-            if not isinstance(self.display, TerminalDisplay):
-                self.display.notice(f"{notice}, pid {snap.writer_pid}", None)
+            self.display.instance_changed(f"{notice}, pid {snap.writer_pid}")
         self.instance = snap.instance_id
         while True:
             if self.shown >= notice_until:
@@ -169,8 +177,7 @@ class _Watch:
             frame = Frame(snap, self.meter.measure(snap), session.path, session.private_pid, notice)
             self.last = frame
             if snap.state == STATE_STOPPED:
-                if isinstance(self.display, TerminalDisplay):
-                    self.display.show(frame)
+                self.display.show_last(frame)
                 return False
             self.display.show(frame)
             self.shown += 1
@@ -180,6 +187,5 @@ class _Watch:
                 snap = next_tick(session, snap)
             except DeviceNotConnected:
                 frame.gone = True
-                if isinstance(self.display, TerminalDisplay):
-                    self.display.show(frame)
+                self.display.show_last(frame)
                 return False
