@@ -195,6 +195,9 @@ _CYAN: Final = "36"
 _STATE_COLOURS: Final = {STATE_RUNNING: _GREEN, STATE_INITIALIZING: _YELLOW, STATE_STOPPED: _RED}
 
 
+#: Below this many columns the frame's labels leave no room for values: one line instead.
+_MIN_FRAME_WIDTH: Final = 30
+
 #: The glyphs a Unicode terminal gets, and what one that cannot encode them gets instead.
 _UNICODE_GLYPHS: Final = ("██", "●")
 _ASCII_GLYPHS: Final = ("##", "*")
@@ -269,12 +272,13 @@ class TerminalDisplay(Display):
         """The frame's lines for a `width` x `height` terminal, each cut to `width` - 1 columns
         so none wraps (a wrapped line would throw the cursor arithmetic of the next redraw
         off), and at most `height` - 1 of them; one line when not even the compact frame fits."""
-        full = self._render(frame, width, compact=False)
-        if len(full) < height:
-            return full
-        compact = self._render(frame, width, compact=True)
-        if len(compact) < height:
-            return compact
+        if width > _MIN_FRAME_WIDTH:
+            full = self._render(frame, width, compact=False)
+            if len(full) < height:
+                return full
+            compact = self._render(frame, width, compact=True)
+            if len(compact) < height:
+                return compact
         return [self._one_line(frame, width)]
 
     def _one_line(self, frame: Frame, width: int) -> str:
@@ -288,7 +292,7 @@ class TerminalDisplay(Display):
     def _render(self, frame: Frame, width: int, *, compact: bool) -> list[str]:
         snap = frame.snap
         local = snap.local_datetime
-        limit = max(width - 1, 20)
+        limit = width - 1
         state = "gone" if frame.gone else snap.state_name
         state_colour = _RED if frame.gone else _STATE_COLOURS.get(snap.state, _YELLOW)
         late_colour = _GREEN
@@ -314,13 +318,14 @@ class TerminalDisplay(Display):
         lines = [self._cut(text, limit, codes) for text, codes in rows]
         tick = f"{snap.tick_count:<8} every {describe_interval(snap.interval_ns)}   "
         lines.append(
-            self._cut("  tick     " + tick, limit, ()) + self._paint(describe_lateness(frame.late_ns), late_colour)
+            self._cut_segments(limit, ("  tick     " + tick, ()), (describe_lateness(frame.late_ns), (late_colour,)))
         )
         lines.append(
-            self._cut("  driver   ", limit, ())
-            + self._paint(f"{self.dot} {state}", state_colour, _BOLD)
-            + self._cut(
-                f"   pid {snap.writer_pid}   instance {snap.instance_id.hex()}", limit - 11 - len(state) - 2, ()
+            self._cut_segments(
+                limit,
+                ("  driver   ", ()),
+                (f"{self.dot} {state}", (state_colour, _BOLD)),
+                (f"   pid {snap.writer_pid}   instance {snap.instance_id.hex()}", ()),
             )
         )
         lines.append(self._cut(f"  {frame.notice}", limit, (_YELLOW, _BOLD)) if frame.notice else "")
@@ -329,6 +334,15 @@ class TerminalDisplay(Display):
 
     def _cut(self, text: str, limit: int, codes: tuple[str, ...]) -> str:
         return self._paint(text[: max(limit, 0)], *codes)
+
+    def _cut_segments(self, limit: int, *segments: tuple[str, tuple[str, ...]]) -> str:
+        """Differently painted pieces of one line, cut together to `limit` visible columns (the
+        escape codes take none)."""
+        parts = []
+        for text, codes in segments:
+            parts.append(self._cut(text, limit, codes))
+            limit -= len(text)
+        return "".join(parts)
 
     def _draw(self, lines: list[str]) -> None:
         up = f"\x1b[{self._drawn}F" if self._drawn else "\r"
