@@ -284,7 +284,8 @@ class TerminalDisplay(Display):
     def _one_line(self, frame: Frame, width: int) -> str:
         snap = frame.snap
         state = "gone" if frame.gone else snap.state_name
-        text = f"{snap.local_datetime:%H:%M:%S}  {state}  tick {snap.tick_count}  {describe_lateness(frame.late_ns)}"
+        # Most telling first, since a narrow terminal cuts the end: the time, the tick, the state.
+        text = f"{snap.local_datetime:%H:%M:%S}  tick {snap.tick_count}  {state}  {describe_lateness(frame.late_ns)}"
         if frame.notice:
             text += f"  {frame.notice}"
         return self._cut(text, width - 1, ())
