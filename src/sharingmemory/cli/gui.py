@@ -8,7 +8,9 @@ once per tick and never polls beside the writer; no thread touches Tk. If the ti
 page at its deadline, the page is read again in short steps, and a driver silent for three
 intervals and a second is asked for its status, which fails when it died.
 
-Closing the window closes the handle (CLEANUP and CLOSE, as the seed's program closes its handle
+The window closes with its Close button, Esc, Ctrl-Q (either case, so Caps Lock does not get
+in the way) or the window manager's close box, all through `close`. Closing the window closes
+the handle (CLEANUP and CLOSE, as the seed's program closes its handle
 on exit) before the window is destroyed; a driver that stops is said in the window, in red, and
 the window stays until it is closed.
 
@@ -24,6 +26,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -48,6 +51,7 @@ _CLOCK: Final = "#7fd1e6"
 _GREEN: Final = "#7ccf7a"
 _RED: Final = "#ef6b73"
 _YELLOW: Final = "#e5c07b"
+_BUTTON: Final = "#3b4452"
 _VALUE_WIDTH: Final = 380  # pixels
 
 
@@ -147,7 +151,9 @@ class KernelTimerWindow:
         plain = tkfont.nametofont("TkDefaultFont").actual("family")
         root.configure(background=_BACKGROUND, padx=18, pady=14)
         root.resizable(width=False, height=False)
-        root.protocol("WM_DELETE_WINDOW", self.close)
+        root.protocol("WM_DELETE_WINDOW", lambda: self.close("the window manager"))
+        for sequence, name in (("<Escape>", "Esc"), ("<Control-q>", "Ctrl-Q"), ("<Control-Q>", "Ctrl-Q")):
+            root.bind(sequence, self._closer(name))
 
         def label(parent: tk.Misc, size: int, colour: str, weight: str = "normal", family: str = plain) -> tk.Label:
             return tk.Label(
@@ -176,6 +182,12 @@ class KernelTimerWindow:
         self.banner = label(root, 12, _RED, "bold")
         self.banner.configure(anchor="center")
         self.banner.pack(fill="x", pady=(10, 0))
+        self.close_button = tk.Button(
+            root, text="Close", command=lambda: self.close("the Close button"), font=(plain, 11),
+            bg=_BUTTON, fg=_TEXT, activebackground=_PANEL, activeforeground=_TEXT,
+            relief="flat", highlightthickness=0, borderwidth=0, padx=18, pady=4,
+        )  # fmt: skip
+        self.close_button.pack(pady=(10, 0))
         self._describe_handle()
 
     # --- updates, all on Tk's loop ----------------------------------------------------------
@@ -205,7 +217,7 @@ class KernelTimerWindow:
             self.shown += 1
             log.info("tick %d shown: %s", snap.tick_count, f"{snap.local_datetime:%H:%M:%S}")
             if self.count is not None and self.shown >= self.count:
-                self.root.after_idle(self.close)
+                self.root.after_idle(self.close, "--count")
                 return
             delay = next_deadline_delay(snap)
         else:
@@ -250,11 +262,20 @@ class KernelTimerWindow:
         self.banner.configure(text=message)
         log.info("driver stopped: %s", message)
 
-    def close(self) -> None:
-        """Close the handle, then the window. Idempotent."""
+    def _closer(self, how: str) -> Callable[[tk.Event[tk.Misc]], None]:
+        """A key binding's callback that closes the window, naming the key in the log."""
+
+        def close(_event: tk.Event[tk.Misc]) -> None:
+            self.close(how)
+
+        return close
+
+    def close(self, how: str = "the program") -> None:
+        """Close the handle, then the window. Idempotent. `how` names what closed it, for the log."""
         if self._closed:
             return
         self._closed = True
+        log.info("window closed by %s", how)
         if self._after is not None:
             self.root.after_cancel(self._after)
             self._after = None
