@@ -179,15 +179,18 @@ class KernelTimerWindow:
             value.grid(row=row, column=1, sticky="w", pady=1)
             self.values[name] = value
 
-        self.banner = label(root, 12, _RED, "bold")
-        self.banner.configure(anchor="center")
-        self.banner.pack(fill="x", pady=(10, 0))
+        # The banner and the button share the bottom row, so the window stays one row shorter.
+        bottom = tk.Frame(root, background=_BACKGROUND)
+        bottom.pack(fill="x", pady=(10, 0))
+        self.banner = label(bottom, 12, _RED, "bold")
+        self.banner.configure(wraplength=_VALUE_WIDTH, justify="left")
+        self.banner.pack(side="left", fill="x", expand=True)
         self.close_button = tk.Button(
-            root, text="Close", command=lambda: self.close("the Close button"), font=(plain, 11),
+            bottom, text="Close", command=lambda: self.close("the Close button"), font=(plain, 11),
             bg=_BUTTON, fg=_TEXT, activebackground=_PANEL, activeforeground=_TEXT,
             relief="flat", highlightthickness=0, borderwidth=0, padx=18, pady=4,
         )  # fmt: skip
-        self.close_button.pack(pady=(10, 0))
+        self.close_button.pack(side="right")
         self._describe_handle()
 
     # --- updates, all on Tk's loop ----------------------------------------------------------
