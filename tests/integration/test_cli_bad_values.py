@@ -136,3 +136,24 @@ def test_read_shows_an_offset_with_seconds(
     assert result.returncode == 0, result.stderr
     stamp = result.stdout.split("  ")[0]
     assert stamp.endswith(offset), result.stdout
+
+
+@pytest.mark.parametrize(
+    ("zone", "offset"), [("ABC-24", "+24:00"), ("ABC+24", "-24:00"), ("ABC-24:59:59", "+24:59:59")]
+)
+def test_a_zone_of_24_hours_or_more_is_shown_not_a_traceback(
+    zone: str, offset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", zone)  # legal POSIX TZ (tzset(3)); datetime refuses such offsets
+    with start_driver(tmp_path, interval="20ms") as driver:
+        monkeypatch.delenv("TZ")
+        text = run("read", "--socket", driver.socket_path)
+        as_json = run("read", "--json", "--socket", driver.socket_path)
+        watched = run("watch", "--count", "2", "--socket", driver.socket_path)
+        watched_json = run("watch", "--json", "--count", "2", "--socket", driver.socket_path)
+    for result in (text, as_json, watched, watched_json):
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+    assert text.stdout.split("  ")[0].endswith(offset), text.stdout
+    assert f'{offset}"' in as_json.stdout
+    assert len(watched.stdout.splitlines()) == 2

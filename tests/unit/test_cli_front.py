@@ -16,11 +16,12 @@ import pytest
 from sharingmemory._defs import STATE_RUNNING, STATE_STOPPED, DriverStatus, PageSnapshot
 from sharingmemory._defs.page import datetime_to_filetime, utc_offset_to_bias
 from sharingmemory._driver import MAX_INTERVAL_NS, MIN_INTERVAL_NS
-from sharingmemory.cli.display import Frame, TerminalDisplay, big_text, can_encode, utc_offset_text
+from sharingmemory.cli.display import Frame, TerminalDisplay, big_text, can_encode, plain_line, snapshot_json
 from sharingmemory.cli.main import JournalFormatter
 from sharingmemory.cli.metrics import health, prometheus_text
 from sharingmemory.cli.options import parse_duration, parse_positive, parse_timeout
 from sharingmemory.cli.session import patience
+from sharingmemory.cli.times import PageTimeError, page_times
 
 
 def snapshot(offset_seconds: int = 0, state: int = STATE_RUNNING) -> PageSnapshot:
@@ -33,12 +34,34 @@ def snapshot(offset_seconds: int = 0, state: int = STATE_RUNNING) -> PageSnapsho
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [(0, "UTC+00:00"), (19_815, "UTC+05:30:15"), (-10_807, "UTC-03:00:07"), (1, "UTC+00:00:01"),
-     (-19_800, "UTC-05:30"), (50_400, "UTC+14:00"), (-86_399, "UTC-23:59:59")],
+     (-19_800, "UTC-05:30"), (50_400, "UTC+14:00"), (-86_399, "UTC-23:59:59"), (86_400, "UTC+24:00"),
+     (-90_000, "UTC-25:00"), (10**6, "UTC+277:46:40")],
 )  # fmt: skip
-def test_utc_offsets_show_their_seconds(seconds: int, text: str) -> None:
-    moment = dt.datetime(2026, 1, 1, tzinfo=dt.timezone(dt.timedelta(seconds=seconds)))
-    assert utc_offset_text(moment) == text
-    assert utc_offset_text(dt.datetime(2026, 1, 1)) == "UTC"
+def test_utc_offsets_show_their_seconds_and_any_size(seconds: int, text: str) -> None:
+    snap = snapshot(seconds)
+    times = page_times(snap)
+    assert times.offset_text == text
+    assert times.local - times.utc == dt.timedelta(seconds=seconds)
+    assert times.local_iso().endswith(text.removeprefix("UTC"))
+    frame = Frame(snap, None, "/x", None)
+    lines = TerminalDisplay(io.StringIO(), io.StringIO(), colour=False).render(frame, 80, 24)
+    assert any(text in line for line in lines)
+    assert plain_line(frame).startswith(f"{times.local:%H:%M:%S}  tick 5")
+    if abs(seconds) < 86_400:  # where datetime itself can hold the offset, the two agree
+        assert times.local_iso() == snap.local_datetime.isoformat()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"local_time": -(10**18)}, {"local_time": 2**63 - 1}, {"system_time": 2**64 - 1},
+     {"local_time": 2650467744000000000}],  # the year 10000
+)  # fmt: skip
+def test_a_time_no_calendar_can_show_is_one_line(fields: dict[str, Any]) -> None:
+    snap = snapshot()._replace(**fields)
+    with pytest.raises(PageTimeError, match="is not a time any calendar date can show"):
+        page_times(snap)
+    with pytest.raises(PageTimeError):
+        snapshot_json(snap)
 
 
 @pytest.mark.parametrize(("width", "height"), [(80, 24), (40, 10), (40, 9), (30, 6), (20, 3), (200, 2), (10, 1)])

@@ -23,10 +23,10 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final, TextIO
 
 from .._defs import STATE_INITIALIZING, STATE_RUNNING, STATE_STOPPED, PageSnapshot
+from .times import page_times
 
 
 def snapshot_json(snap: PageSnapshot) -> dict[str, Any]:
@@ -34,8 +34,9 @@ def snapshot_json(snap: PageSnapshot) -> dict[str, Any]:
     data: dict[str, Any] = snap._asdict()
     data["instance_id"] = snap.instance_id.hex()
     data["state_name"] = snap.state_name
-    data["local_datetime"] = snap.local_datetime.isoformat()
-    data["system_datetime"] = snap.system_datetime.isoformat()
+    times = page_times(snap)
+    data["local_datetime"] = times.local_iso()
+    data["system_datetime"] = times.utc_iso()
     return data
 
 
@@ -98,24 +99,11 @@ def describe_interval(interval_ns: int) -> str:
     return f"{interval_ns / 1e6:g} ms"
 
 
-def utc_offset_text(moment: datetime) -> str:
-    """`UTC+05:30`, and `UTC+05:30:15` for a zone whose offset has seconds (a POSIX TZ may say
-    `ABC-5:30:15`, tzset(3)); strftime's %z would run the seconds into the minutes."""
-    offset = moment.utcoffset()
-    if offset is None:
-        return "UTC"
-    seconds = round(offset.total_seconds())
-    sign = "-" if seconds < 0 else "+"
-    hours, rest = divmod(abs(seconds), 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"UTC{sign}{hours:02}:{minutes:02}" + (f":{seconds:02}" if seconds else "")
-
-
 def plain_line(frame: Frame) -> str:
     """One line per tick for pipes and files: HH:MM:SS first, so `cut -c1-8` gives the time."""
     snap = frame.snap
     return (
-        f"{snap.local_datetime:%H:%M:%S}  tick {snap.tick_count}  {describe_lateness(frame.late_ns)}  "
+        f"{page_times(snap).local:%H:%M:%S}  tick {snap.tick_count}  {describe_lateness(frame.late_ns)}  "
         f"{snap.state_name}  pid {snap.writer_pid}  instance {snap.instance_id.hex()[:8]}"
     )
 
@@ -285,14 +273,16 @@ class TerminalDisplay(Display):
         snap = frame.snap
         state = "gone" if frame.gone else snap.state_name
         # Most telling first, since a narrow terminal cuts the end: the time, the tick, the state.
-        text = f"{snap.local_datetime:%H:%M:%S}  tick {snap.tick_count}  {state}  {describe_lateness(frame.late_ns)}"
+        clock = f"{page_times(snap).local:%H:%M:%S}"
+        text = f"{clock}  tick {snap.tick_count}  {state}  {describe_lateness(frame.late_ns)}"
         if frame.notice:
             text += f"  {frame.notice}"
         return self._cut(text, width - 1, ())
 
     def _render(self, frame: Frame, width: int, *, compact: bool) -> list[str]:
         snap = frame.snap
-        local = snap.local_datetime
+        times = page_times(snap)
+        local = times.local
         limit = width - 1
         state = "gone" if frame.gone else snap.state_name
         state_colour = _RED if frame.gone else _STATE_COLOURS.get(snap.state, _YELLOW)
@@ -313,8 +303,8 @@ class TerminalDisplay(Display):
             rows.append((f"  {clock}", clock_colour))
         rows += [
             *gap,
-            (f"  {local:%A %d %B %Y}   {utc_offset_text(local)}", (_BOLD,)),
-            (f"  UTC      {snap.system_datetime:%H:%M:%S}", ()),
+            (f"  {local:%A %d %B %Y}   {times.offset_text}", (_BOLD,)),
+            (f"  UTC      {times.utc:%H:%M:%S}", ()),
         ]
         lines = [self._cut(text, limit, codes) for text, codes in rows]
         tick = f"{snap.tick_count:<8} every {describe_interval(snap.interval_ns)}   "

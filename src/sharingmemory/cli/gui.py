@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Final
 
 from .._client import next_deadline_delay, retry_step
 from .._defs import STATE_RUNNING, STATE_STOPPED, NtStatusError, PageSnapshot
-from .display import LatenessMeter, describe_interval, describe_lateness, utc_offset_text
+from .display import LatenessMeter, describe_interval, describe_lateness
 from .exits import EXIT_OK, CommandError
 from .options import add_client_options, check_duration, parse_positive
 from .session import Session, open_session, patience
+from .times import PageTimeError, page_times
 
 if TYPE_CHECKING:
     import tkinter as tk
@@ -218,7 +219,7 @@ class KernelTimerWindow:
             self._last_news = now
             self._show(snap)
             self.shown += 1
-            log.info("tick %d shown: %s", snap.tick_count, f"{snap.local_datetime:%H:%M:%S}")
+            log.info("tick %d shown: %s", snap.tick_count, self.clock.cget("text"))
             if self.count is not None and self.shown >= self.count:
                 self.root.after_idle(self.close, "--count")
                 return
@@ -235,11 +236,16 @@ class KernelTimerWindow:
         self._after = self.root.after(max(1, math.ceil(delay * 1000)), self._update)
 
     def _show(self, snap: PageSnapshot) -> None:
-        local = snap.local_datetime
+        try:
+            times = page_times(snap)
+        except PageTimeError as err:
+            self.banner.configure(text=str(err))
+            return
+        local = times.local
         running = snap.state == STATE_RUNNING
         self.clock.configure(text=f"{local:%H:%M:%S}", fg=_CLOCK if running else _MUTED)
-        self.date.configure(text=f"{local:%A %d %B %Y}   {utc_offset_text(local)}")
-        self.values["UTC"].configure(text=f"{snap.system_datetime:%H:%M:%S   %Y-%m-%d}")
+        self.date.configure(text=f"{local:%A %d %B %Y}   {times.offset_text}")
+        self.values["UTC"].configure(text=f"{times.utc:%H:%M:%S   %Y-%m-%d}")
         colour = {STATE_RUNNING: _GREEN, STATE_STOPPED: _RED}.get(snap.state, _YELLOW)
         self.values["Driver"].configure(text=f"● {snap.state_name}   pid {snap.writer_pid}", fg=colour)
         self.values["Instance"].configure(text=snap.instance_id.hex())

@@ -22,6 +22,7 @@ from .exits import EXIT_ERROR, EXIT_OK, CommandError
 from .metrics import health, prometheus_text, status_lines
 from .options import add_client_options
 from .session import open_session
+from .times import page_times
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,8 +55,8 @@ def cmd_read(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snapshot_json(snap)))
     else:
-        # isoformat, not %z: an offset with seconds (TZ=ABC-5:30:15) reads +05:30:15, not +053015.
-        stamp = snap.local_datetime.isoformat(sep=" ", timespec="seconds")
+        # ISO, not %z: an offset with seconds (TZ=ABC-5:30:15) reads +05:30:15, not +053015.
+        stamp = page_times(snap).local_iso(sep=" ", timespec="seconds")
         print(f"{stamp}  tick {snap.tick_count}  {snap.state_name}")
     return EXIT_OK
 
