@@ -157,3 +157,14 @@ def test_a_zone_of_24_hours_or_more_is_shown_not_a_traceback(
     assert text.stdout.split("  ")[0].endswith(offset), text.stdout
     assert f'{offset}"' in as_json.stdout
     assert len(watched.stdout.splitlines()) == 2
+
+
+@pytest.mark.parametrize("command", ["read", "status", "watch", "gui"])
+@pytest.mark.parametrize("socket", ["", "\\\\.\\Other", "\\\\.\\", "\\\\.\\SharingMemory2"])
+def test_a_bad_device_name_is_a_usage_error(command: str, socket: str) -> None:
+    assert_one_error_line(run(command, "--socket", socket), 2, "--socket")
+
+
+@pytest.mark.parametrize("socket", ["/tmp/" + "x" * 200, "/etc/passwd", "/", "/nonexistent/é/ü"])
+def test_a_socket_path_with_no_driver_is_one_line(socket: str) -> None:
+    assert_one_error_line(run("read", "--socket", socket), 1)

@@ -12,7 +12,7 @@ import re
 from decimal import Decimal
 from typing import Final
 
-from .._defs import default_socket_path
+from .._defs import default_socket_path, resolve_device_name
 from .._driver import MAX_INTERVAL_NS, MIN_INTERVAL_NS
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|s|m)?\s*$")
@@ -120,13 +120,26 @@ def parse_id(text: str) -> int:
     return value
 
 
+def parse_device_name(text: str) -> str:
+    """A client's `--socket`: a socket path, or `\\\\.\\SharingMemory` for the default. Checked
+    here, since an empty one would mean "the default" by accident and `\\\\.\\Other` is no
+    device of this system (a ValueError traceback from open_device once); returned as written."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty socket path (leave --socket out for the default)")
+    try:
+        resolve_device_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def socket_help() -> str:
     return f"the device's socket (default: {default_socket_path()}, or $SHARINGMEMORY_SOCKET)"
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     """--socket and --timeout, which every command that opens the device takes."""
-    parser.add_argument("--socket", metavar="PATH", help=socket_help())
+    parser.add_argument("--socket", type=parse_device_name, metavar="PATH", help=socket_help())
     parser.add_argument(
         "--timeout", type=parse_timeout, default=5.0, metavar="SECONDS", help="bound on each request (default 5)"
     )

@@ -30,7 +30,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_client_options(read)
     read.add_argument("--json", action="store_true", help="one JSON object")
     read.set_defaults(func=cmd_read)
-    status = commands.add_parser("status", help="print the driver's handles, page and timer")
+    status = commands.add_parser(
+        "status", help="the driver's state in words (idle, running, late ticks), handles and timer"
+    )
     add_client_options(status)
     form = status.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="one JSON object")
