@@ -168,3 +168,36 @@ def test_a_bad_device_name_is_a_usage_error(command: str, socket: str) -> None:
 @pytest.mark.parametrize("socket", ["/tmp/" + "x" * 200, "/etc/passwd", "/", "/nonexistent/é/ü"])
 def test_a_socket_path_with_no_driver_is_one_line(socket: str) -> None:
     assert_one_error_line(run("read", "--socket", socket), 1)
+
+
+#: Runs the command with RLIMIT_NOFILE set, once Python and the package are imported, to as
+#: many fds as are open plus `spare` (argv[1]): the connection, its page or the tick eventfd
+#: then fail with EMFILE at one step or another.
+LOW_FDS = """
+import os, resource, sys
+from sharingmemory.cli import main
+spare = int(sys.argv[1])
+used = len(os.listdir("/proc/self/fd")) - 1  # the listing's own fd is gone again
+resource.setrlimit(resource.RLIMIT_NOFILE, (used + spare, used + spare))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("args", [("read",), ("status",), ("watch", "--count", "1")])
+def test_no_free_fds_is_one_line(driver: DriverProcess, args: tuple[str, ...]) -> None:
+    failed: list[int] = []
+    for spare in range(4):
+        _run_with_few_fds(driver, spare, args, failed)
+    assert failed[0] == 1, "with no spare fd at all the command must fail (else the test tests nothing)"
+
+
+def _run_with_few_fds(driver: DriverProcess, spare: int, args: tuple[str, ...], failed: list[int]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", LOW_FDS, str(spare), *args, "--socket", driver.socket_path],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    if result.returncode == 0:  # enough after all (status needs the socket only)
+        assert spare > 0 and result.stdout.strip() and not result.stderr
+    else:
+        assert_one_error_line(result, 1)
+    failed.append(result.returncode)
