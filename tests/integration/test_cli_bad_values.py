@@ -165,7 +165,9 @@ def test_a_bad_device_name_is_a_usage_error(command: str, socket: str) -> None:
     assert_one_error_line(run(command, "--socket", socket), 2, "--socket")
 
 
-@pytest.mark.parametrize("socket", ["/tmp/" + "x" * 200, "/etc/passwd", "/", "/nonexistent/é/ü"])
+@pytest.mark.parametrize(
+    "socket", ["/tmp/" + "x" * 200, "/etc/passwd", "/", "/nonexistent/é/ü", "/tmp/line\nbreak", "/tmp/\x1b[2J\x1e\r"]
+)
 def test_a_socket_path_with_no_driver_is_one_line(socket: str) -> None:
     assert_one_error_line(run("read", "--socket", socket), 1)
 

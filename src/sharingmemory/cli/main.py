@@ -120,8 +120,13 @@ class JournalFormatter(logging.Formatter):
 
 
 def _fail(message: str, status: int) -> int:
-    """The one form of every failure: `sharingmemory: error: MESSAGE` on stderr, and `status`."""
-    print(f"sharingmemory: error: {message}", file=sys.stderr)
+    """The one form of every failure: `sharingmemory: error: MESSAGE` on stderr, and `status`.
+
+    One line however odd the message's parts (a socket path is any bytes but NUL): characters
+    that would break or hide it (newline, and the others str.splitlines breaks at, escapes) are
+    written as Python escapes."""
+    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
+    print(f"sharingmemory: error: {shown}", file=sys.stderr)
     return status
 
 
