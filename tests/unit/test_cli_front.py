@@ -9,6 +9,7 @@ import argparse
 import datetime as dt
 import io
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from sharingmemory._defs import STATE_RUNNING, STATE_STOPPED, DriverStatus, PageSnapshot
 from sharingmemory._defs.page import datetime_to_filetime, utc_offset_to_bias
 from sharingmemory._driver import MAX_INTERVAL_NS, MIN_INTERVAL_NS
-from sharingmemory.cli.display import Frame, TerminalDisplay, big_text, can_encode, plain_line, snapshot_json
+from sharingmemory.cli.display import Display, Frame, TerminalDisplay, big_text, can_encode, plain_line, snapshot_json
 from sharingmemory.cli.main import JournalFormatter
 from sharingmemory.cli.metrics import health, prometheus_text
 from sharingmemory.cli.options import parse_duration, parse_positive, parse_timeout
@@ -174,3 +175,16 @@ def test_every_line_of_a_traceback_carries_the_priority() -> None:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     lines = JournalFormatter().format(record).splitlines()
     assert len(lines) > 2 and all(line.startswith("<3>") for line in lines)
+
+
+@pytest.mark.parametrize("path", ["/tmp/\x1b[2J/S", "/tmp/a\nb", "/tmp/\x1e\r\x85\u2028/S", "/tmp/\x07bell"])
+def test_a_hostile_path_neither_breaks_lines_nor_drives_the_terminal(path: str) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    display = TerminalDisplay(out, err, colour=False)
+    display.show(Frame(snapshot(), None, path, None, notice=f"waiting at {path}"))
+    display.notice(f"waiting at {path}", None)
+    Display(out, err).notice(f"no driver at {path}", None)
+    for text in (out.getvalue(), err.getvalue()):
+        for line in text.split("\n"):
+            own = re.sub(r"\x1b\[(\d*[FKJ]|\?25[lh])|^\r", "", line)  # the display's own cursor moves
+            assert own.isprintable(), repr(line)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from .._defs import STATE_INITIALIZING, STATE_RUNNING, STATE_STOPPED, PageSnapshot
+from .exits import printable
 from .times import page_times
 
 
@@ -120,7 +121,7 @@ class Display:
         print(plain_line(frame), file=self.out, flush=True)
 
     def notice(self, text: str, frame: Frame | None) -> None:
-        print(f"sharingmemory: {text}", file=self.err, flush=True)
+        print(f"sharingmemory: {printable(text)}", file=self.err, flush=True)
 
     def instance_changed(self, text: str) -> None:
         """A new driver serves the path (`watch --follow`). A line display says it on stderr at
@@ -324,7 +325,7 @@ class TerminalDisplay(Display):
         return lines
 
     def _cut(self, text: str, limit: int, codes: tuple[str, ...]) -> str:
-        return self._paint(text[: max(limit, 0)], *codes)
+        return self._paint(printable(text)[: max(limit, 0)], *codes)
 
     def _cut_segments(self, limit: int, *segments: tuple[str, tuple[str, ...]]) -> str:
         """Differently painted pieces of one line, cut together to `limit` visible columns (the
@@ -332,7 +333,7 @@ class TerminalDisplay(Display):
         parts = []
         for text, codes in segments:
             parts.append(self._cut(text, limit, codes))
-            limit -= len(text)
+            limit -= len(printable(text))
         return "".join(parts)
 
     def _draw(self, lines: list[str]) -> None:

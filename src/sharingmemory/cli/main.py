@@ -21,7 +21,7 @@ from typing import Final, NoReturn
 from .. import __version__
 from .._defs import NtStatusError
 from . import gui, install, query, serve, watch
-from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_STATUS_TEXT, EXIT_USAGE, CommandError
+from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_STATUS_TEXT, EXIT_USAGE, CommandError, printable
 
 #: The subcommands, in the order `--help` lists them.
 COMMANDS = (serve, install, watch, query, gui)
@@ -120,13 +120,9 @@ class JournalFormatter(logging.Formatter):
 
 
 def _fail(message: str, status: int) -> int:
-    """The one form of every failure: `sharingmemory: error: MESSAGE` on stderr, and `status`.
-
-    One line however odd the message's parts (a socket path is any bytes but NUL): characters
-    that would break or hide it (newline, and the others str.splitlines breaks at, escapes) are
-    written as Python escapes."""
-    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
-    print(f"sharingmemory: error: {shown}", file=sys.stderr)
+    """The one form of every failure: `sharingmemory: error: MESSAGE` on stderr, and `status`;
+    one line however odd the message's parts (`exits.printable`)."""
+    print(f"sharingmemory: error: {printable(message)}", file=sys.stderr)
     return status
 
 
