@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from .._defs import DEVICE_NAME, STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout, resolve_device_name
+from .._defs import STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout, resolve_device_name
 from .display import Display, Frame, LatenessMeter, choose_display
 from .exits import EXIT_DRIVER_STOPPED, EXIT_OK, CommandError
 from .options import add_client_options, check_duration, parse_positive
-from .session import Session, next_tick, open_session
+from .session import Session, default_places, next_tick, open_session
 
 #: Backoff of `--follow` while no driver serves the path: first retry, growth, ceiling (seconds).
 FOLLOW_FIRST_RETRY: Final = 0.05
@@ -118,7 +118,8 @@ class _Watch:
             reason = "the private driver stopped" if private else "the driver stopped"
             if not self.options.follow or private:
                 raise DriverStopped(self._stopped_text(reason))
-            self.display.notice(f"{reason}; waiting for a driver at {session.path}", self.last)
+            where = session.path if self.options.socket else " or ".join(default_places())
+            self.display.notice(f"{reason}; waiting for a driver at {where}", self.last)
 
     def _stopped_text(self, reason: str) -> str:
         if self.last is None:
@@ -142,7 +143,10 @@ class _Watch:
                 yield session
             return
         delay = FOLLOW_FIRST_RETRY
-        path = resolve_device_name(options.socket or DEVICE_NAME)
+        # With no --socket each try is open_device()'s own default order, so a follower finds
+        # the system driver too, not only the user's path, and a restart of either.
+        path = options.socket
+        where = resolve_device_name(path) if path else " or ".join(default_places())
         waiting_said = self.last is not None  # the stop notice already said it waits
         while True:
             stack = contextlib.ExitStack()
@@ -150,7 +154,7 @@ class _Watch:
                 session = stack.enter_context(open_session(path, timeout=options.timeout))
             except (DeviceNotFound, DeviceNotConnected, IoTimeout):
                 if not waiting_said:
-                    self.display.notice(f"no driver at {path}; waiting for one", self.last)
+                    self.display.notice(f"no driver at {where}; waiting for one", self.last)
                     waiting_said = True
                 time.sleep(delay)
                 delay = min(delay * 2, FOLLOW_MAX_RETRY)
