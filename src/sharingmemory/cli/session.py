@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -37,12 +37,13 @@ class Session:
         return self.device.map_shared_memory()
 
 
-def default_places() -> list[str]:
+def default_places(environ: Mapping[str, str] | None = None) -> list[str]:
     """Where `open_device()` with no name looks, in order, for the notice that none answered:
     the system driver's path (root's default), then this user's; the override alone when
     $SHARINGMEMORY_SOCKET is set."""
-    own = default_socket_path()
-    if os.environ.get(ENV_SOCKET):
+    env = os.environ if environ is None else environ
+    own = default_socket_path(env)
+    if env.get(ENV_SOCKET):
         return [own]
     return list(dict.fromkeys([default_socket_path({}, uid=0), own]))
 
