@@ -5,7 +5,9 @@ Theory of operation. Where the display writes decides its form:
 * a terminal: one frame redrawn in place with ANSI cursor movement (no curses, so nothing to
   install and nothing to break on a dumb console), in colour unless NO_COLOR is set
   (https://no-color.org); TERM=dumb gets the plain lines below, since it cannot move the
-  cursor either;
+  cursor either. The frame never scrolls: it drops its big digits when the terminal is too
+  short or narrow for them, and below that it is one line redrawn in place. A terminal whose
+  encoding cannot show the block digits and the state dot (LANG=C, latin-1) gets ASCII ones;
 * anything else (a pipe, a file): one plain line per tick that starts with HH:MM:SS;
 * `--json`: one JSON object per tick, the page's fields plus ISO datetimes.
 
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from .._defs import STATE_INITIALIZING, STATE_RUNNING, STATE_STOPPED, PageSnapshot
+from .exits import printable
+from .times import page_times
 
 
 def snapshot_json(snap: PageSnapshot) -> dict[str, Any]:
@@ -31,8 +35,9 @@ def snapshot_json(snap: PageSnapshot) -> dict[str, Any]:
     data: dict[str, Any] = snap._asdict()
     data["instance_id"] = snap.instance_id.hex()
     data["state_name"] = snap.state_name
-    data["local_datetime"] = snap.local_datetime.isoformat()
-    data["system_datetime"] = snap.system_datetime.isoformat()
+    times = page_times(snap)
+    data["local_datetime"] = times.local_iso()
+    data["system_datetime"] = times.utc_iso()
     return data
 
 
@@ -99,7 +104,7 @@ def plain_line(frame: Frame) -> str:
     """One line per tick for pipes and files: HH:MM:SS first, so `cut -c1-8` gives the time."""
     snap = frame.snap
     return (
-        f"{snap.local_datetime:%H:%M:%S}  tick {snap.tick_count}  {describe_lateness(frame.late_ns)}  "
+        f"{page_times(snap).local:%H:%M:%S}  tick {snap.tick_count}  {describe_lateness(frame.late_ns)}  "
         f"{snap.state_name}  pid {snap.writer_pid}  instance {snap.instance_id.hex()[:8]}"
     )
 
@@ -116,7 +121,16 @@ class Display:
         print(plain_line(frame), file=self.out, flush=True)
 
     def notice(self, text: str, frame: Frame | None) -> None:
-        print(f"sharingmemory: {text}", file=self.err, flush=True)
+        print(f"sharingmemory: {printable(text)}", file=self.err, flush=True)
+
+    def instance_changed(self, text: str) -> None:
+        """A new driver serves the path (`watch --follow`). A line display says it on stderr at
+        once, since its stdout is one line per tick; the live frame shows it in the frame."""
+        self.notice(text, None)
+
+    def show_last(self, frame: Frame) -> None:
+        """The frame of a driver that stopped or hung up. A line display shows nothing more:
+        the one-line error that ends the watch says it; the live frame shows it in red."""
 
     def __enter__(self) -> Display:
         return self
@@ -150,11 +164,11 @@ _FONT: Final = {
 }
 
 
-def big_text(text: str) -> list[str]:
-    """`text` (digits and colons) as five rows of block characters."""
+def big_text(text: str, *, block: str = "██") -> list[str]:
+    """`text` (digits and colons) as five rows of `block` pixels (two cells wide)."""
     rows = []
     for row in range(5):
-        glyphs = ["".join("██" if pixel == "#" else "  " for pixel in _FONT[char][row]) for char in text]
+        glyphs = ["".join(block if pixel == "#" else "  " for pixel in _FONT[char][row]) for char in text]
         rows.append("  ".join(glyphs))
     return rows
 
@@ -170,15 +184,39 @@ _CYAN: Final = "36"
 _STATE_COLOURS: Final = {STATE_RUNNING: _GREEN, STATE_INITIALIZING: _YELLOW, STATE_STOPPED: _RED}
 
 
+#: Below this many columns the frame's labels leave no room for values: one line instead.
+_MIN_FRAME_WIDTH: Final = 30
+
+#: The glyphs a Unicode terminal gets, and what one that cannot encode them gets instead.
+_UNICODE_GLYPHS: Final = ("██", "●")
+_ASCII_GLYPHS: Final = ("##", "*")
+
+
+def can_encode(out: TextIO, text: str) -> bool:
+    """Whether `out`'s encoding can write `text` (False for ascii, latin-1, an unknown codec)."""
+    try:
+        text.encode(getattr(out, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 class TerminalDisplay(Display):
     """A frame redrawn in place: the cursor goes back up over the last frame, the new one is
     written over it line by line and the rest of the screen below is cleared, in one write, so
-    nothing flickers. The cursor is hidden while it runs and shown again on exit."""
+    nothing flickers. The cursor is hidden while it runs and shown again on exit.
 
-    def __init__(self, out: TextIO, err: TextIO, *, colour: bool) -> None:
+    The frame must fit the terminal, or each redraw scrolls and leaves a copy behind: a frame
+    of N lines ends with its cursor on line N + 1, so it needs N + 1 rows. Too few rows for the
+    full frame gives the compact one (one-line clock, no blank rows); too few for that gives a
+    single line redrawn with a carriage return."""
+
+    def __init__(self, out: TextIO, err: TextIO, *, colour: bool, ascii_only: bool = False) -> None:
         super().__init__(out, err)
         self.colour = colour
+        self.block, self.dot = _ASCII_GLYPHS if ascii_only else _UNICODE_GLYPHS
         self._drawn = 0
+        self._inline = False  # the last drawing was the one-line form, cursor at its end
         self._last: Frame | None = None
 
     def __enter__(self) -> TerminalDisplay:
@@ -188,12 +226,23 @@ class TerminalDisplay(Display):
 
     def __exit__(self, *exc_info: object) -> None:
         with contextlib.suppress(OSError, ValueError):
-            self.out.write((_RESET if self.colour else "") + "\x1b[?25h")
+            self.out.write((_RESET if self.colour else "") + "\x1b[?25h" + ("\n" if self._inline else ""))
             self.out.flush()
 
     def show(self, frame: Frame) -> None:
         self._last = frame
-        self._draw(self.render(frame, shutil.get_terminal_size().columns))
+        size = shutil.get_terminal_size()
+        lines = self.render(frame, size.columns, size.lines)
+        if len(lines) == 1:
+            self._draw_inline(lines[0])
+        else:
+            self._draw(lines)
+
+    def instance_changed(self, text: str) -> None:
+        pass  # the frame's notice row says it (Frame.notice), for a few ticks
+
+    def show_last(self, frame: Frame) -> None:
+        self.show(frame)
 
     def notice(self, text: str, frame: Frame | None) -> None:
         frame = frame or self._last
@@ -208,12 +257,34 @@ class TerminalDisplay(Display):
             return text
         return f"\x1b[{';'.join(codes)}m{text}{_RESET}"
 
-    def render(self, frame: Frame, width: int) -> list[str]:
-        """The frame's lines, each cut to `width` - 1 columns so none wraps (a wrapped line
-        would throw the cursor arithmetic of the next redraw off)."""
+    def render(self, frame: Frame, width: int, height: int = 24) -> list[str]:
+        """The frame's lines for a `width` x `height` terminal, each cut to `width` - 1 columns
+        so none wraps (a wrapped line would throw the cursor arithmetic of the next redraw
+        off), and at most `height` - 1 of them; one line when not even the compact frame fits."""
+        if width > _MIN_FRAME_WIDTH:
+            full = self._render(frame, width, compact=False)
+            if len(full) < height:
+                return full
+            compact = self._render(frame, width, compact=True)
+            if len(compact) < height:
+                return compact
+        return [self._one_line(frame, width)]
+
+    def _one_line(self, frame: Frame, width: int) -> str:
         snap = frame.snap
-        local = snap.local_datetime
-        limit = max(width - 1, 20)
+        state = "gone" if frame.gone else snap.state_name
+        # Most telling first, since a narrow terminal cuts the end: the time, the tick, the state.
+        clock = f"{page_times(snap).local:%H:%M:%S}"
+        text = f"{clock}  tick {snap.tick_count}  {state}  {describe_lateness(frame.late_ns)}"
+        if frame.notice:
+            text += f"  {frame.notice}"
+        return self._cut(text, width - 1, ())
+
+    def _render(self, frame: Frame, width: int, *, compact: bool) -> list[str]:
+        snap = frame.snap
+        times = page_times(snap)
+        local = times.local
+        limit = width - 1
         state = "gone" if frame.gone else snap.state_name
         state_colour = _RED if frame.gone else _STATE_COLOURS.get(snap.state, _YELLOW)
         late_colour = _GREEN
@@ -222,33 +293,31 @@ class TerminalDisplay(Display):
         elif frame.late_ns >= 5_000_000:
             late_colour = _YELLOW
         where = frame.path + (f"  (private driver, pid {frame.private_pid})" if frame.private_pid else "")
-        offset = local.strftime("%z")
-        rows: list[tuple[str, tuple[str, ...]]] = [
-            (f" Kernel Timer  {where}", (_DIM,)),
-            ("", ()),
-        ]
+        gap: list[tuple[str, tuple[str, ...]]] = [] if compact else [("", ())]
+        rows: list[tuple[str, tuple[str, ...]]] = [(f" Kernel Timer  {where}", (_DIM,)), *gap]
         clock = local.strftime("%H:%M:%S")
-        big = big_text(clock)
+        big = big_text(clock, block=self.block)
         clock_colour = (_DIM,) if state != "running" else (_BOLD, _CYAN)
-        if len(big[0]) + 2 <= limit:
+        if not compact and len(big[0]) + 2 <= limit:
             rows += [(f"  {line}", clock_colour) for line in big]
         else:
             rows.append((f"  {clock}", clock_colour))
         rows += [
-            ("", ()),
-            (f"  {local:%A %d %B %Y}   UTC{offset[:3]}:{offset[3:]}", (_BOLD,)),
-            (f"  UTC      {snap.system_datetime:%H:%M:%S}", ()),
+            *gap,
+            (f"  {local:%A %d %B %Y}   {times.offset_text}", (_BOLD,)),
+            (f"  UTC      {times.utc:%H:%M:%S}", ()),
         ]
         lines = [self._cut(text, limit, codes) for text, codes in rows]
         tick = f"{snap.tick_count:<8} every {describe_interval(snap.interval_ns)}   "
         lines.append(
-            self._cut("  tick     " + tick, limit, ()) + self._paint(describe_lateness(frame.late_ns), late_colour)
+            self._cut_segments(limit, ("  tick     " + tick, ()), (describe_lateness(frame.late_ns), (late_colour,)))
         )
         lines.append(
-            self._cut("  driver   ", limit, ())
-            + self._paint(f"● {state}", state_colour, _BOLD)
-            + self._cut(
-                f"   pid {snap.writer_pid}   instance {snap.instance_id.hex()}", limit - 11 - len(state) - 2, ()
+            self._cut_segments(
+                limit,
+                ("  driver   ", ()),
+                (f"{self.dot} {state}", (state_colour, _BOLD)),
+                (f"   pid {snap.writer_pid}   instance {snap.instance_id.hex()}", ()),
             )
         )
         lines.append(self._cut(f"  {frame.notice}", limit, (_YELLOW, _BOLD)) if frame.notice else "")
@@ -256,14 +325,33 @@ class TerminalDisplay(Display):
         return lines
 
     def _cut(self, text: str, limit: int, codes: tuple[str, ...]) -> str:
-        return self._paint(text[: max(limit, 0)], *codes)
+        return self._paint(printable(text)[: max(limit, 0)], *codes)
+
+    def _cut_segments(self, limit: int, *segments: tuple[str, tuple[str, ...]]) -> str:
+        """Differently painted pieces of one line, cut together to `limit` visible columns (the
+        escape codes take none)."""
+        parts = []
+        for text, codes in segments:
+            parts.append(self._cut(text, limit, codes))
+            limit -= len(printable(text))
+        return "".join(parts)
 
     def _draw(self, lines: list[str]) -> None:
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        up = f"\x1b[{self._drawn}F" if self._drawn else "\r"
         body = "".join(f"{line}\x1b[K\n" for line in lines)
         self.out.write(f"{up}{body}\x1b[J")
         self.out.flush()
         self._drawn = len(lines)
+        self._inline = False
+
+    def _draw_inline(self, line: str) -> None:
+        """The one-line form: back to the frame's first line (or this line's start), the line,
+        and everything below cleared; no newline, so the next one overwrites it."""
+        up = f"\x1b[{self._drawn}F" if self._drawn else "\r"
+        self.out.write(f"{up}{line}\x1b[K\x1b[J")
+        self.out.flush()
+        self._drawn = 0
+        self._inline = True
 
 
 def wants_colour(environ: Mapping[str, str]) -> bool:
@@ -280,5 +368,6 @@ def choose_display(out: TextIO, err: TextIO, *, as_json: bool) -> Display:
     except (AttributeError, ValueError):
         terminal = False
     if terminal and os.environ.get("TERM", "") not in ("", "dumb"):
-        return TerminalDisplay(out, err, colour=wants_colour(os.environ))
+        ascii_only = not can_encode(out, "".join(_UNICODE_GLYPHS))
+        return TerminalDisplay(out, err, colour=wants_colour(os.environ), ascii_only=ascii_only)
     return Display(out, err)

@@ -25,6 +25,16 @@ EXIT_MEANINGS: Final = {
 EXIT_STATUS_TEXT: Final = ", ".join(f"{status} {meaning}" for status, meaning in EXIT_MEANINGS.items())
 
 
+def printable(text: str) -> str:
+    """`text` with the characters that would break a line or drive the terminal (newline, ESC,
+    and the others str.splitlines breaks at or isprintable refuses) written as Python escapes:
+    a socket path is any bytes but NUL, and it must neither split a one-line error nor clear
+    the screen of the live display."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class CommandError(Exception):
     """A failure to report as one line (`sharingmemory: error: MESSAGE`), with its exit status."""
 

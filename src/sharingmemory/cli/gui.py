@@ -8,7 +8,9 @@ once per tick and never polls beside the writer; no thread touches Tk. If the ti
 page at its deadline, the page is read again in short steps, and a driver silent for three
 intervals and a second is asked for its status, which fails when it died.
 
-Closing the window closes the handle (CLEANUP and CLOSE, as the seed's program closes its handle
+The window closes with its Close button, Esc, Ctrl-Q (either case, so Caps Lock does not get
+in the way) or the window manager's close box, all through `close`. Closing the window closes
+the handle (CLEANUP and CLOSE, as the seed's program closes its handle
 on exit) before the window is destroyed; a driver that stops is said in the window, in red, and
 the window stays until it is closed.
 
@@ -24,6 +26,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -31,8 +34,9 @@ from .._client import next_deadline_delay, retry_step
 from .._defs import STATE_RUNNING, STATE_STOPPED, NtStatusError, PageSnapshot
 from .display import LatenessMeter, describe_interval, describe_lateness
 from .exits import EXIT_OK, CommandError
-from .options import add_client_options, parse_positive
-from .session import Session, open_session
+from .options import add_client_options, check_duration, parse_positive
+from .session import Session, open_session, patience
+from .times import PageTimeError, page_times
 
 if TYPE_CHECKING:
     import tkinter as tk
@@ -48,6 +52,7 @@ _CLOCK: Final = "#7fd1e6"
 _GREEN: Final = "#7ccf7a"
 _RED: Final = "#ef6b73"
 _YELLOW: Final = "#e5c07b"
+_BUTTON: Final = "#3b4452"
 _VALUE_WIDTH: Final = 380  # pixels
 
 
@@ -64,6 +69,7 @@ class GuiOptions:
     timeout: float = 5.0
     interval: str = "1s"
     count: int | None = None
+    quiet: bool = False  # -q: no notice of a private driver started for the window
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,14 +77,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_client_options(gui)
     gui.add_argument("--count", type=parse_positive, metavar="N", help="close the window by itself after N ticks")
     gui.add_argument(
-        "--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)"
+        "--interval",
+        default="1s",
+        type=check_duration,
+        metavar="DURATION",
+        help="timer period of a private driver (default 1s)",
     )
     gui.set_defaults(func=cmd_gui)
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
     try:
-        run_gui(GuiOptions(socket=args.socket, timeout=args.timeout, interval=args.interval, count=args.count))
+        options = GuiOptions(args.socket, args.timeout, args.interval, args.count, quiet=args.quiet)
+        run_gui(options)
     except GuiUnavailable as err:
         raise CommandError(str(err)) from err
     return EXIT_OK
@@ -104,7 +115,11 @@ def run_gui(options: GuiOptions) -> None:
     try:
         root.title(TITLE)
         with open_session(
-            options.socket, timeout=options.timeout, interval=options.interval, private_ok=True, announce=sys.stderr
+            options.socket,
+            timeout=options.timeout,
+            interval=options.interval,
+            private_ok=True,
+            announce=None if options.quiet else sys.stderr,
         ) as session:
             window = KernelTimerWindow(root, session, count=options.count)
             window.start()
@@ -137,7 +152,9 @@ class KernelTimerWindow:
         plain = tkfont.nametofont("TkDefaultFont").actual("family")
         root.configure(background=_BACKGROUND, padx=18, pady=14)
         root.resizable(width=False, height=False)
-        root.protocol("WM_DELETE_WINDOW", self.close)
+        root.protocol("WM_DELETE_WINDOW", lambda: self.close("the window manager"))
+        for sequence, name in (("<Escape>", "Esc"), ("<Control-q>", "Ctrl-Q"), ("<Control-Q>", "Ctrl-Q")):
+            root.bind(sequence, self._closer(name))
 
         def label(parent: tk.Misc, size: int, colour: str, weight: str = "normal", family: str = plain) -> tk.Label:
             return tk.Label(
@@ -163,9 +180,18 @@ class KernelTimerWindow:
             value.grid(row=row, column=1, sticky="w", pady=1)
             self.values[name] = value
 
-        self.banner = label(root, 12, _RED, "bold")
-        self.banner.configure(anchor="center")
-        self.banner.pack(fill="x", pady=(10, 0))
+        # The banner and the button share the bottom row, so the window stays one row shorter.
+        bottom = tk.Frame(root, background=_BACKGROUND)
+        bottom.pack(fill="x", pady=(10, 0))
+        self.banner = label(bottom, 12, _RED, "bold")
+        self.banner.configure(wraplength=_VALUE_WIDTH, justify="left")
+        self.banner.pack(side="left", fill="x", expand=True)
+        self.close_button = tk.Button(
+            bottom, text="Close", command=lambda: self.close("the Close button"), font=(plain, 11),
+            bg=_BUTTON, fg=_TEXT, activebackground=_PANEL, activeforeground=_TEXT,
+            relief="flat", highlightthickness=0, borderwidth=0, padx=18, pady=4,
+        )  # fmt: skip
+        self.close_button.pack(side="right")
         self._describe_handle()
 
     # --- updates, all on Tk's loop ----------------------------------------------------------
@@ -193,13 +219,13 @@ class KernelTimerWindow:
             self._last_news = now
             self._show(snap)
             self.shown += 1
-            log.info("tick %d shown: %s", snap.tick_count, f"{snap.local_datetime:%H:%M:%S}")
+            log.info("tick %d shown: %s", snap.tick_count, self.clock.cget("text"))
             if self.count is not None and self.shown >= self.count:
-                self.root.after_idle(self.close)
+                self.root.after_idle(self.close, "--count")
                 return
             delay = next_deadline_delay(snap)
         else:
-            if now - self._last_news > 3 * snap.interval_ns / 1e9 + 1.0:
+            if now - self._last_news > patience(snap.interval_ns):
                 try:
                     self.session.device.query_status()
                 except (NtStatusError, ValueError):  # ValueError: the handle already found it broken
@@ -210,12 +236,16 @@ class KernelTimerWindow:
         self._after = self.root.after(max(1, math.ceil(delay * 1000)), self._update)
 
     def _show(self, snap: PageSnapshot) -> None:
-        local = snap.local_datetime
-        offset = local.strftime("%z")
+        try:
+            times = page_times(snap)
+        except PageTimeError as err:
+            self.banner.configure(text=str(err))
+            return
+        local = times.local
         running = snap.state == STATE_RUNNING
         self.clock.configure(text=f"{local:%H:%M:%S}", fg=_CLOCK if running else _MUTED)
-        self.date.configure(text=f"{local:%A %d %B %Y}   UTC{offset[:3]}:{offset[3:]}")
-        self.values["UTC"].configure(text=f"{snap.system_datetime:%H:%M:%S   %Y-%m-%d}")
+        self.date.configure(text=f"{local:%A %d %B %Y}   {times.offset_text}")
+        self.values["UTC"].configure(text=f"{times.utc:%H:%M:%S   %Y-%m-%d}")
         colour = {STATE_RUNNING: _GREEN, STATE_STOPPED: _RED}.get(snap.state, _YELLOW)
         self.values["Driver"].configure(text=f"● {snap.state_name}   pid {snap.writer_pid}", fg=colour)
         self.values["Instance"].configure(text=snap.instance_id.hex())
@@ -241,11 +271,20 @@ class KernelTimerWindow:
         self.banner.configure(text=message)
         log.info("driver stopped: %s", message)
 
-    def close(self) -> None:
-        """Close the handle, then the window. Idempotent."""
+    def _closer(self, how: str) -> Callable[[tk.Event[tk.Misc]], None]:
+        """A key binding's callback that closes the window, naming the key in the log."""
+
+        def close(_event: tk.Event[tk.Misc]) -> None:
+            self.close(how)
+
+        return close
+
+    def close(self, how: str = "the program") -> None:
+        """Close the handle, then the window. Idempotent. `how` names what closed it, for the log."""
         if self._closed:
             return
         self._closed = True
+        log.info("window closed by %s", how)
         if self._after is not None:
             self.root.after_cancel(self._after)
             self._after = None

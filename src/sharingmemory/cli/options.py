@@ -7,25 +7,60 @@ one option is spelled, checked and documented once.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
+from decimal import Decimal
+from typing import Final
 
-from .._defs import default_socket_path
-from .._driver import MIN_INTERVAL_NS
+from .._defs import ENV_SOCKET, default_socket_path, resolve_device_name
+from .._driver import MAX_INTERVAL_NS, MIN_INTERVAL_NS
+from .session import default_places
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|s|m)?\s*$")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, None: 1_000_000_000}
 
 
+#: The most a request may wait (`--timeout`): a day. Past it the figure is a mistake, not a
+#: patient user, and far past it (1e300, inf) poll(2) and settimeout() raise OverflowError.
+MAX_TIMEOUT_S: Final = 86_400.0
+#: The most ticks `--count` takes: a signed 64-bit count, more than a 1 ms timer gives in 290
+#: million years, so the bound refuses only typing accidents.
+MAX_COUNT: Final = 2**63 - 1
+#: int() of a longer string is refused by Python itself (sys.set_int_max_str_digits); refusing
+#: earlier keeps the message ours.
+_MAX_DIGITS: Final = 30
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for an error line, cut so a 400-digit typo stays one readable line."""
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}...({len(text)} characters)"
+
+
 def parse_duration(text: str) -> int:
-    """`1s`, `250ms`, `1ms`, `500us`, `2` (seconds) -> nanoseconds; at least 1 ms."""
+    """`1s`, `250ms`, `1ms`, `500us`, `2` (seconds) -> nanoseconds, between the driver's 1 ms
+    minimum and its one-day maximum (`_driver.MAX_INTERVAL_NS`), so a bad period is a usage error
+    here rather than the driver's refusal later.
+
+    Decimal, not float: a 400-digit figure is exact there, where float() would give inf and
+    round() an OverflowError."""
     match = _DURATION.match(text)
     if match is None:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (try 1s, 250ms or 1ms)")
+        raise argparse.ArgumentTypeError(f"invalid duration {_shown(text)} (try 1s, 250ms or 1ms)")
     value, unit = match.groups()
-    nanoseconds = round(float(value) * _UNIT_NS[unit])
+    nanoseconds = Decimal(value) * _UNIT_NS[unit]
     if nanoseconds < MIN_INTERVAL_NS:
-        raise argparse.ArgumentTypeError(f"duration {text!r} is shorter than the 1 ms minimum")
-    return nanoseconds
+        raise argparse.ArgumentTypeError(f"duration {_shown(text)} is shorter than the 1 ms minimum")
+    if nanoseconds > MAX_INTERVAL_NS:
+        raise argparse.ArgumentTypeError(f"duration {_shown(text)} is longer than the one-day maximum")
+    return round(nanoseconds)
+
+
+def check_duration(text: str) -> str:
+    """`text` itself once `parse_duration` accepts it: for options handed on as written (the
+    private driver's `--interval`), checked here so a bad one is a usage error at once."""
+    parse_duration(text)
+    return text.strip()
 
 
 def parse_octal_mode(text: str) -> int:
@@ -39,12 +74,31 @@ def parse_octal_mode(text: str) -> int:
 
 
 def parse_positive(text: str) -> int:
+    """A whole number from 1 to MAX_COUNT (a C int64 on the way to any fixed-size field)."""
+    if len(text.strip().lstrip("+-").lstrip("0")) > _MAX_DIGITS:
+        raise argparse.ArgumentTypeError(f"number {_shown(text)} is out of range")
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        raise argparse.ArgumentTypeError(f"invalid number {_shown(text)}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (at most {MAX_COUNT})")
+    return value
+
+
+def parse_timeout(text: str) -> float:
+    """Seconds, finite, above 0 and at most MAX_TIMEOUT_S: NaN compares false with everything,
+    so it is refused by name, and inf would reach poll(2) as an OverflowError."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {_shown(text)}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"timeout {_shown(text)} is not a positive, finite number of seconds")
+    if value > MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"timeout {_shown(text)} is longer than the one-day maximum")
     return value
 
 
@@ -52,7 +106,7 @@ def parse_positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {_shown(text)}") from None
     if not 0 < value < 1e6:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return value
@@ -68,13 +122,32 @@ def parse_id(text: str) -> int:
     return value
 
 
+def parse_device_name(text: str) -> str:
+    """A client's `--socket`: a socket path, or `\\\\.\\SharingMemory` for the default. Checked
+    here, since an empty one would mean "the default" by accident and `\\\\.\\Other` is no
+    device of this system (a ValueError traceback from open_device once); returned as written."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty socket path (leave --socket out for the default)")
+    try:
+        resolve_device_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def socket_help() -> str:
     return f"the device's socket (default: {default_socket_path()}, or $SHARINGMEMORY_SOCKET)"
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     """--socket and --timeout, which every command that opens the device takes."""
-    parser.add_argument("--socket", metavar="PATH", help=socket_help())
+    places = " then ".join(default_places({key: value for key, value in os.environ.items() if key != ENV_SOCKET}))
     parser.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS", help="bound on each request (default 5)"
+        "--socket",
+        type=parse_device_name,
+        metavar="PATH",
+        help=f"the device's socket (default: $SHARINGMEMORY_SOCKET if set, else {places})",
+    )
+    parser.add_argument(
+        "--timeout", type=parse_timeout, default=5.0, metavar="SECONDS", help="bound on each request (default 5)"
     )

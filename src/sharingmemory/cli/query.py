@@ -1,6 +1,9 @@
 """`sharingmemory read` and `status`: one look at the page, or at the driver, and exit.
 
 Neither starts a private driver: the page of a driver that stops at once would tell nothing.
+`status` exits 0 whenever a driver answers, idle or running, late ticks or not (its state is in
+the output, in words), and 1 when none does, so `sharingmemory status >/dev/null` is a liveness
+check; `--prometheus` prints the same look as metrics (`metrics.py` says how to collect them).
 """
 
 from __future__ import annotations
@@ -8,14 +11,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 from .._client import Device
+from .._defs import NtStatusError, resolve_device_name
 from .display import snapshot_json
-from .exits import EXIT_OK
+from .exits import EXIT_ERROR, EXIT_OK, CommandError
+from .metrics import health, prometheus_text, status_lines
 from .options import add_client_options
 from .session import open_session
+from .times import page_times
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,9 +30,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_client_options(read)
     read.add_argument("--json", action="store_true", help="one JSON object")
     read.set_defaults(func=cmd_read)
-    status = commands.add_parser("status", help="print the driver's handles, page and timer")
+    status = commands.add_parser(
+        "status", help="the driver's state in words (idle, running, late ticks), handles and timer"
+    )
     add_client_options(status)
-    status.add_argument("--json", action="store_true", help="one JSON object")
+    form = status.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object")
+    form.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="the Prometheus text format, for node_exporter's textfile collector "
+        "(sharingmemory_up 0 and exit 1 when no driver answers)",
+    )
     status.set_defaults(func=cmd_status)
 
 
@@ -41,19 +57,41 @@ def cmd_read(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snapshot_json(snap)))
     else:
-        print(f"{snap.local_datetime:%Y-%m-%d %H:%M:%S%z}  tick {snap.tick_count}  {snap.state_name}")
+        # ISO, not %z: an offset with seconds (TZ=ABC-5:30:15) reads +05:30:15, not +053015.
+        stamp = page_times(snap).local_iso(sep=" ", timespec="seconds")
+        print(f"{stamp}  tick {snap.tick_count}  {snap.state_name}")
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.prometheus:
+        return _status_prometheus(args)
     with _open(args) as device:
         status = device.query_status()
-    data: dict[str, Any] = status._asdict()
-    data["instance_id"] = status.instance_id.hex()
-    data["socket"] = device.path
     if args.json:
+        data: dict[str, Any] = status._asdict()
+        data["instance_id"] = status.instance_id.hex()
+        data["socket"] = device.path
+        data["state"] = health(status)
         print(json.dumps(data))
     else:
-        for key, value in data.items():
-            print(f"{key:16} {value}")
+        print("\n".join(status_lines(status, device.path)))
+    return EXIT_OK
+
+
+def _status_prometheus(args: argparse.Namespace) -> int:
+    """The exposition, with `sharingmemory_up 0` when no driver answers (or it refuses us: a
+    scrape that cannot see the driver reports it down either way), then the usual error line."""
+    try:
+        with _open(args) as device:
+            status = device.query_status()
+            path = device.path
+    except NtStatusError as err:
+        try:
+            path = args.socket or resolve_device_name(None)
+        except ValueError:
+            path = str(args.socket)
+        sys.stdout.write(prometheus_text(None, path))
+        raise CommandError(str(err), EXIT_ERROR) from err
+    sys.stdout.write(prometheus_text(status, path))
     return EXIT_OK

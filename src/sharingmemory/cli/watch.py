@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from .._defs import DEVICE_NAME, STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout, resolve_device_name
-from .display import Display, Frame, LatenessMeter, TerminalDisplay, choose_display
+from .._defs import STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout, resolve_device_name
+from .display import Display, Frame, LatenessMeter, choose_display
 from .exits import EXIT_DRIVER_STOPPED, EXIT_OK, CommandError
-from .options import add_client_options, parse_positive
-from .session import Session, next_tick, open_session
+from .options import add_client_options, check_duration, parse_positive
+from .session import Session, default_places, next_tick, open_session
 
 #: Backoff of `--follow` while no driver serves the path: first retry, growth, ceiling (seconds).
 FOLLOW_FIRST_RETRY: Final = 0.05
@@ -48,6 +48,7 @@ class WatchOptions:
     count: int | None = None
     as_json: bool = False
     follow: bool = False
+    quiet: bool = False  # -q: no notice of a private driver started for the session
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +56,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_client_options(watch)
     watch.add_argument("--count", type=parse_positive, metavar="N", help="stop after N ticks")
     watch.add_argument(
-        "--interval", default="1s", metavar="DURATION", help="timer period of a private driver (default 1s)"
+        "--interval",
+        default="1s",
+        type=check_duration,
+        metavar="DURATION",
+        help="timer period of a private driver (default 1s)",
     )
     watch.add_argument("--json", action="store_true", help="one JSON object per tick (JSON Lines)")
     watch.add_argument(
@@ -70,7 +75,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def cmd_watch(args: argparse.Namespace) -> int:
     options = WatchOptions(
         socket=args.socket, timeout=args.timeout, interval=args.interval,
-        count=args.count, as_json=args.json, follow=args.follow,
+        count=args.count, as_json=args.json, follow=args.follow, quiet=args.quiet,
     )  # fmt: skip
     try:
         run_watch(options)
@@ -113,7 +118,8 @@ class _Watch:
             reason = "the private driver stopped" if private else "the driver stopped"
             if not self.options.follow or private:
                 raise DriverStopped(self._stopped_text(reason))
-            self.display.notice(f"{reason}; waiting for a driver at {session.path}", self.last)
+            where = session.path if self.options.socket else " or ".join(default_places())
+            self.display.notice(f"{reason}; waiting for a driver at {where}", self.last)
 
     def _stopped_text(self, reason: str) -> str:
         if self.last is None:
@@ -128,12 +134,19 @@ class _Watch:
         options = self.options
         if not options.follow:
             with open_session(
-                options.socket, timeout=options.timeout, interval=options.interval, private_ok=True, announce=self.err
+                options.socket,
+                timeout=options.timeout,
+                interval=options.interval,
+                private_ok=True,
+                announce=None if options.quiet else self.err,
             ) as session:
                 yield session
             return
         delay = FOLLOW_FIRST_RETRY
-        path = resolve_device_name(options.socket or DEVICE_NAME)
+        # With no --socket each try is open_device()'s own default order, so a follower finds
+        # the system driver too, not only the user's path, and a restart of either.
+        path = options.socket
+        where = resolve_device_name(path) if path else " or ".join(default_places())
         waiting_said = self.last is not None  # the stop notice already said it waits
         while True:
             stack = contextlib.ExitStack()
@@ -141,7 +154,7 @@ class _Watch:
                 session = stack.enter_context(open_session(path, timeout=options.timeout))
             except (DeviceNotFound, DeviceNotConnected, IoTimeout):
                 if not waiting_said:
-                    self.display.notice(f"no driver at {path}; waiting for one", self.last)
+                    self.display.notice(f"no driver at {where}; waiting for one", self.last)
                     waiting_said = True
                 time.sleep(delay)
                 delay = min(delay * 2, FOLLOW_MAX_RETRY)
@@ -160,8 +173,7 @@ class _Watch:
         if self.instance is not None and snap.instance_id != self.instance:
             notice = f"new driver: instance {snap.instance_id.hex()[:8]} (was {self.instance.hex()[:8]})"
             notice_until = self.shown + 5  # long enough to be read on the live display
-            if not isinstance(self.display, TerminalDisplay):
-                self.display.notice(f"{notice}, pid {snap.writer_pid}", None)
+            self.display.instance_changed(f"{notice}, pid {snap.writer_pid}")
         self.instance = snap.instance_id
         while True:
             if self.shown >= notice_until:
@@ -169,8 +181,7 @@ class _Watch:
             frame = Frame(snap, self.meter.measure(snap), session.path, session.private_pid, notice)
             self.last = frame
             if snap.state == STATE_STOPPED:
-                if isinstance(self.display, TerminalDisplay):
-                    self.display.show(frame)
+                self.display.show_last(frame)
                 return False
             self.display.show(frame)
             self.shown += 1
@@ -180,6 +191,5 @@ class _Watch:
                 snap = next_tick(session, snap)
             except DeviceNotConnected:
                 frame.gone = True
-                if isinstance(self.display, TerminalDisplay):
-                    self.display.show(frame)
+                self.display.show_last(frame)
                 return False
