@@ -138,10 +138,14 @@ def check_header(buffer: object) -> None:
 
     Raises RevisionMismatch, whose message says what was found; a newer minor is accepted.
     """
-    view = memoryview(buffer)  # type: ignore[arg-type]
-    if len(view) < PAGE_SIZE:
-        raise RevisionMismatch(f"page is {len(view)} bytes, the ABI needs {PAGE_SIZE}")
-    magic, major, _minor, page_size, header_size = _HEADER.unpack_from(view, 0)
+    # The view is released before anything is raised: a traceback keeps this frame's locals, and
+    # an export still alive would keep the caller from closing its mmap (BufferError).
+    with memoryview(buffer) as view:  # type: ignore[arg-type]
+        length = len(view)
+        header = _HEADER.unpack_from(view, 0) if length >= PAGE_SIZE else None
+    if header is None:
+        raise RevisionMismatch(f"page is {length} bytes, the ABI needs {PAGE_SIZE}")
+    magic, major, _minor, page_size, header_size = header
     if magic != MAGIC:
         raise RevisionMismatch(f"page magic is {magic!r}, expected {MAGIC!r}")
     if major != ABI_MAJOR:
