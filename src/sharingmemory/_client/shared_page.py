@@ -285,10 +285,14 @@ class SharedPage:
         return self._tick_event
 
     def after_fork_in_child(self) -> None:
-        """See `TickEvent.after_fork_in_child`."""
+        """In a child of os.fork(): new locks (a parent's thread may have held them), and the
+        child's copy of the tick fd closed. That fd shares its open file description with the
+        parent's, so a child draining it would take the parent's wake-ups; the child's waits
+        go by the page's deadline instead."""
         self._source_lock = threading.Lock()
-        if self._tick_event is not None:
-            self._tick_event.after_fork_in_child()
+        event, self._tick_event = self._tick_event, None
+        if event is not None:
+            event.after_fork_in_child()
 
     def close(self) -> None:
         """Close the tick fd (waking any waiter, who gets ValueError, and waiting for them to

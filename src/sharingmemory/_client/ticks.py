@@ -232,12 +232,14 @@ class TickEvent:
             fd.close()
 
     def after_fork_in_child(self) -> None:
-        """A new lock: a parent's thread may have held this one at fork(2), and no thread of
-        the parent exists in the child to release it."""
+        """Close this process's copies of the fds without taking the lock, which a parent's
+        thread may have held at fork(2) (no thread of the parent exists here to release it)."""
         self._cond = threading.Condition(threading.Lock())
+        self._closed = True
         self._waiters = 0
         self._leader = None
         self._futures = {}
+        self._close_fds()
 
 
 _THREAD: Final = object()
