@@ -486,7 +486,7 @@ def _timeout(timeout: object) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout <= 0:
+    if (isinstance(timeout, float) and math.isnan(timeout)) or timeout <= 0:  # an int can be any size
         raise ValueError("timeout must be positive or None")
     if timeout >= threading.TIMEOUT_MAX:
         return None

@@ -83,7 +83,7 @@ def _deadline(timeout: float | None) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout):
+    if isinstance(timeout, float) and math.isnan(timeout):  # an int can be any size: no float()
         raise ValueError("timeout must be a number of seconds, not NaN")
     if timeout > 1e9:  # past any lifetime (and past what poll(2) and time.sleep can take)
         return None
