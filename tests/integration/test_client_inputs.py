@@ -100,7 +100,7 @@ def test_paths_as_bytes_and_path_objects_are_accepted(driver: DriverProcess) -> 
 
 @pytest.mark.parametrize(
     ("name", "error"),
-    [(12, TypeError), (None, TypeError), ([b"/x"], TypeError), ("", ValueError), (b"", ValueError),
+    [(12, TypeError), (1.5, TypeError), ([b"/x"], TypeError), ("", ValueError), (b"", ValueError),
      ("/tmp/a\0b", ValueError), (b"/tmp/a\0b", ValueError), ("\\\\.\\Other", ValueError),
      ("/" + "x" * 200, sharingmemory.NtStatusError), ("/nonexistent/dir/sock", sharingmemory.DeviceNotFound)],
 )  # fmt: skip

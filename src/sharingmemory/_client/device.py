@@ -32,21 +32,17 @@ bad arguments raise TypeError or ValueError before anything is sent.
 from __future__ import annotations
 
 import errno
-import math
-import operator
+import functools
 import os
 import socket
 import struct
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from .._defs import (
-    DEVICE_NAME,
-    FILE_READ_DATA,
-    FILE_WRITE_DATA,
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
@@ -71,20 +67,19 @@ from .._defs import (
     Unsuccessful,
     decode_driver_status,
     decode_reply,
-    device_socket_candidates,
     encode_request,
     exception_for,
     raise_for_status,
 )
 from .._defs.status import status_name
 from .._sys import Fd, close_all, unix
+from .arguments import unsigned
 from .shared_page import SharedPage
 from .ticks import TickEvent
 from .trust import check_directory, check_page_fd, check_peer, check_tick_fd, trusted_uids
 
 DEFAULT_TIMEOUT: Final = 5.0
 _POINTER = struct.Struct("<Q")
-_ACCESS = {"r": FILE_READ_DATA, "w": FILE_WRITE_DATA, "rw": FILE_READ_DATA | FILE_WRITE_DATA}
 
 
 class IoResult(NamedTuple):
@@ -188,14 +183,14 @@ class Device:
         with InsufficientResources, as the I/O manager refuses a buffer it cannot allocate.
         Wrong types raise TypeError, negative or out-of-range values ValueError.
         """
-        code = _unsigned("code", code, 0xFFFFFFFF)
+        code = unsigned("code", code, 0xFFFFFFFF)
         try:
             data = bytes(memoryview(input))
         except TypeError:
             raise TypeError(f"input must be a bytes-like object, not {type(input).__name__}") from None
         if len(data) > MAX_INPUT_LENGTH:
             raise InvalidParameter(f"input of {len(data)} bytes exceeds the {MAX_INPUT_LENGTH} a request can carry")
-        size = _unsigned("output_size", output_size, None)
+        size = unsigned("output_size", output_size, None)
         if size > MAX_OUTPUT_BUFFER:
             raise InsufficientResources(f"an output buffer of {size} bytes is more than {MAX_OUTPUT_BUFFER}")
         length = min(size, MAX_OUTPUT_LENGTH)
@@ -321,7 +316,7 @@ class Device:
             self._close_socket()
             raise problem or InvalidParameter("unreadable reply")
         try:
-            raise_for_status(reply.status, f"{major.name} on {self.path} failed")
+            raise_for_status(reply.status, f"{_MAJOR_NAMES[major]} on {self.path} failed")
         except NtStatusError:
             close_all(message.fds)
             if reply.status in _FATAL or major is MajorFunction.IRP_MJ_CREATE:
@@ -420,6 +415,9 @@ _FATAL = frozenset({
 })  # fmt: skip
 
 
+#: The names for messages, looked up once: an enum's .name is a descriptor call, on every reply.
+_MAJOR_NAMES: Final = {major: major.name for major in MajorFunction}
+
 #: Every Device alive in this process, so that a child of os.fork() can mark its copies.
 _DEVICES: weakref.WeakSet[Device] = weakref.WeakSet()
 
@@ -435,29 +433,14 @@ os.register_at_fork(after_in_child=_mark_inherited)
 def _weak_tick_source(device: Device) -> Callable[[], TickEvent]:
     """The page's way to ask its device for the tick fd, without keeping the device alive (the
     device owns the page; a strong reference back would make a cycle only the GC collects)."""
-    ref = weakref.WeakMethod(device._register_tick_event)
-
-    def source() -> TickEvent:
-        method = ref()
-        if method is None:
-            raise ValueError("the Device of this page is gone")
-        return method()
-
-    return source
+    return functools.partial(_tick_event_of, weakref.ref(device))
 
 
-def _unsigned(name: str, value: object, limit: int | None) -> int:
-    """`value` as a non-negative int no larger than `limit`: TypeError for a non-integer (bool
-    included), ValueError for one out of range."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not bool")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if number < 0 or (limit is not None and number > limit):
-        raise ValueError(f"{name}={number} is out of range" + (f" (0..{limit:#x})" if limit is not None else ""))
-    return number
+def _tick_event_of(ref: weakref.ref[Device]) -> TickEvent:
+    device = ref()
+    if device is None:
+        raise ValueError("the Device of this page is gone")
+    return device._register_tick_event()
 
 
 def _os_error(err: OSError, path: str) -> NtStatusError:
@@ -477,63 +460,3 @@ def _os_error(err: OSError, path: str) -> NtStatusError:
     if err.errno in (errno.ENAMETOOLONG, errno.ELOOP, None):  # None: "AF_UNIX path too long"
         return ObjectNameInvalid(f"{path!r} cannot name a socket: {err.strerror or err}")
     return Unsuccessful(f"{path}: {err.strerror or err}")
-
-
-def _timeout(timeout: object) -> float | None:
-    """A request timeout in seconds as socket.settimeout takes it: None (or math.inf, or
-    anything past threading.TIMEOUT_MAX) waits for ever."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if (isinstance(timeout, float) and math.isnan(timeout)) or timeout <= 0:  # an int can be any size
-        raise ValueError("timeout must be positive or None")
-    if timeout >= threading.TIMEOUT_MAX:
-        return None
-    return float(timeout)
-
-
-def open_device(
-    name: str | bytes | os.PathLike[str] | os.PathLike[bytes] = DEVICE_NAME,
-    access: str = "r",
-    *,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    map: bool = False,
-    trusted_uid: int | Iterable[int] | None = None,
-) -> Device:
-    """Open the device, as the seed's program calls CreateFile("\\\\.\\SharingMemory").
-
-    `name` is `\\\\.\\SharingMemory` (the default) or a socket path (str, bytes or
-    os.PathLike). For the default, with no SHARINGMEMORY_SOCKET in the environment, the system
-    driver at /run/sharingmemory/SharingMemory is used when one answers there, and this user's
-    own path (see `default_socket_path`) otherwise; DeviceNotFound means neither answers (the
-    front ends then start a private driver). `access` is "r", "w" or "rw". `timeout` bounds
-    every request, in seconds (None or math.inf: no bound). `map=True` also maps the page,
-    with CREATE and IOCTL_GIVE_ME_YOUR_MEMORY sent together (one round trip for both);
-    `map_shared_memory()` then returns it at once.
-
-    Trust: the driver must run as root or as this user, and its socket's directory must be
-    owned by one of them and writable by no one else; `trusted_uid` (a uid or several) names
-    other uids to believe, such as a service account's. Anything else raises
-    `UntrustedDevice` before a request is sent. Bad arguments raise TypeError or ValueError.
-    """
-    try:
-        mask = _ACCESS[access]
-    except (KeyError, TypeError):
-        raise ValueError(f"access must be 'r', 'w' or 'rw', not {access!r}") from None
-    seconds = _timeout(timeout)
-    uids = trusted_uids(trusted_uid)
-    if isinstance(name, bytes) or (isinstance(name, os.PathLike) and isinstance(os.fspath(name), bytes)):
-        name = os.fsdecode(name)
-    if not isinstance(name, str | os.PathLike):
-        raise TypeError(f"name must be a str, bytes or os.PathLike, not {type(name).__name__}")
-    candidates = device_socket_candidates(name)
-    for path in candidates[:-1]:  # the system driver, when it answers
-        try:
-            return Device(path, mask, seconds, map=map, trusted=uids)
-        except DeviceNotFound:
-            continue
-        except AccessDenied as err:
-            if err.__cause__ is None:  # refused by the driver, not by connect(2): it answered
-                raise
-    return Device(candidates[-1], mask, seconds, map=map, trusted=uids)

@@ -19,7 +19,6 @@ raises anything undocumented.
 
 from __future__ import annotations
 
-import math
 import mmap
 import os
 import sys
@@ -43,6 +42,7 @@ from .._defs import (
     read_state,
 )
 from .._sys import libc
+from .arguments import wait_timeout
 from .ticks import TickClosedError, TickEvent, next_deadline_delay, retry_step
 
 
@@ -79,15 +79,8 @@ _NO_SNAPSHOT: Final = PageSnapshot(-1, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(16))
 
 def _deadline(timeout: float | None) -> float | None:
     """time.monotonic() at which a wait of `timeout` seconds ends; None: never."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if isinstance(timeout, float) and math.isnan(timeout):  # an int can be any size: no float()
-        raise ValueError("timeout must be a number of seconds, not NaN")
-    if timeout > 1e9:  # past any lifetime (and past what poll(2) and time.sleep can take)
-        return None
-    return time.monotonic() + timeout
+    seconds = wait_timeout(timeout)
+    return None if seconds is None else time.monotonic() + seconds
 
 
 class SharedPage:

@@ -35,13 +35,18 @@ from .._defs import PAGE_SEALS, PAGE_SIZE, UntrustedDevice
 from .._sys import unix
 
 _EVENTFD_LINK: Final = "anon_inode:[eventfd]"
+_DEFAULT_UIDS: dict[int, frozenset[int]] = {}
 
 
 def trusted_uids(extra: int | Iterable[int] | None) -> frozenset[int]:
     """Root, this process's effective uid, and the uids the caller named."""
-    uids = {0, os.geteuid()}
+    euid = os.geteuid()
     if extra is None:
-        return frozenset(uids)
+        default = _DEFAULT_UIDS.get(euid)
+        if default is None:  # once per euid: every open without trusted_uid asks for this set
+            default = _DEFAULT_UIDS[euid] = frozenset({0, euid})
+        return default
+    uids = {0, euid}
     if isinstance(extra, bool):
         raise TypeError("trusted_uid must be a uid (an int) or an iterable of uids, not a bool")
     items = [extra] if isinstance(extra, int) else list(extra)
@@ -56,7 +61,7 @@ def trusted_uids(extra: int | Iterable[int] | None) -> frozenset[int]:
 def check_directory(path: str, uids: frozenset[int]) -> None:
     """Refuse a socket whose directory another user owns or may write to. A directory that
     does not exist is left to connect(2), which reports it as no driver."""
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = os.path.dirname(path) if path.startswith("/") else os.path.dirname(os.path.abspath(path))
     try:
         info = os.stat(directory)  # follows a symlink: the directory that holds the name counts
     except (FileNotFoundError, NotADirectoryError):
