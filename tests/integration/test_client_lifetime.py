@@ -125,3 +125,17 @@ def test_a_forked_child_cannot_use_or_close_the_parents_handle(fast_driver: Driv
         assert device.query_status().handles == handles
         assert page.wait_next(timeout=5).tick_count > 0
         assert device.query_status().mapped_handles >= 1
+
+
+def test_a_page_held_alone_keeps_its_device_and_is_released_with_it(driver: DriverProcess) -> None:
+    before = _fds()
+    page = sharingmemory.open_device(driver.socket_path, map=True).map_shared_memory()
+    gc.collect()
+    assert not page.closed  # the device lives as long as its page
+    assert page.wait_next(timeout=5).tick_count >= 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del page
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught), caught
+    assert _fds() <= before

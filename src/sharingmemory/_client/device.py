@@ -32,14 +32,12 @@ bad arguments raise TypeError or ValueError before anything is sent.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import socket
 import struct
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from .._defs import (
@@ -212,7 +210,9 @@ class Device:
         try:
             if self._page is None or self._page.closed:
                 check_page_fd(fd.fileno())
-                self._page = SharedPage(fd.fileno(), tick_source=_weak_tick_source(self))
+                # The page keeps its device alive (a program may hold only the page): the cycle is
+                # the GC's to collect, and Device.__del__ then releases both, with a warning.
+                self._page = SharedPage(fd.fileno(), tick_source=self._register_tick_event)
             return self._page
         finally:
             fd.close()
@@ -428,19 +428,6 @@ def _mark_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_mark_inherited)
-
-
-def _weak_tick_source(device: Device) -> Callable[[], TickEvent]:
-    """The page's way to ask its device for the tick fd, without keeping the device alive (the
-    device owns the page; a strong reference back would make a cycle only the GC collects)."""
-    return functools.partial(_tick_event_of, weakref.ref(device))
-
-
-def _tick_event_of(ref: weakref.ref[Device]) -> TickEvent:
-    device = ref()
-    if device is None:
-        raise ValueError("the Device of this page is gone")
-    return device._register_tick_event()
 
 
 def _os_error(err: OSError, path: str) -> NtStatusError:

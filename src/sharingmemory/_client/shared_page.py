@@ -98,6 +98,7 @@ class SharedPage:
     _last: PageSnapshot = _NO_SNAPSHOT
     _tick_event: TickEvent | None = None
     _tick_source: Callable[[], TickEvent] | None = None
+    _tick_asked: bool = False
     _seen_tick: int | None = None
 
     def __init__(self, fd: int, *, tick_source: Callable[[], TickEvent] | None = None) -> None:
@@ -267,10 +268,12 @@ class SharedPage:
         raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
 
     def _ensure_tick_event(self) -> TickEvent | None:
-        if self._tick_event is None and self._tick_source is not None:
+        if self._tick_event is None and self._tick_source is not None and not self._tick_asked:
             with self._source_lock:  # two threads' first waits ask once between them
-                source, self._tick_source = self._tick_source, None  # asked once, success or not
-                if source is not None:
+                # Asked once, success or not. The source stays referenced: it is the owning
+                # device's method, and a program may hold only the page.
+                source, asked, self._tick_asked = self._tick_source, self._tick_asked, True
+                if not asked:
                     try:
                         self._tick_event = source()
                     except (NtStatusError, ValueError, OSError):  # no tick fd: wait by the deadline
