@@ -32,7 +32,9 @@ SYSTEM_SOCKET = f"/run/sharingmemory/{SOCKET_NAME}"
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
-    """The socket path a driver serves and a client opens when none is named."""
+    """The socket path a driver serves when none is named, and this user's own path for a
+    client. A client that names none tries the system driver's `SYSTEM_SOCKET` before this
+    (see `device_socket_candidates`), unless SHARINGMEMORY_SOCKET is set."""
     env = os.environ if environ is None else environ
     uid = os.getuid() if uid is None else uid
     override = env.get(ENV_SOCKET)
