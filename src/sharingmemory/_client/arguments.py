@@ -30,9 +30,11 @@ def unsigned(name: str, value: object, limit: int | None) -> int:
 def request_timeout(timeout: object) -> float | None:
     """A request timeout in seconds as socket.settimeout takes it: None (or math.inf, or
     anything past threading.TIMEOUT_MAX) waits for ever."""
+    if type(timeout) is float and 0.0 < timeout < threading.TIMEOUT_MAX:  # the common case, first
+        return timeout
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     if (isinstance(timeout, float) and math.isnan(timeout)) or timeout <= 0:  # an int can be any size
         raise ValueError("timeout must be positive or None")
@@ -46,7 +48,7 @@ def wait_timeout(timeout: object) -> float | None:
     or less looks once. TypeError for what is not a number, ValueError for NaN."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     if isinstance(timeout, float) and math.isnan(timeout):  # an int can be any size: no float()
         raise ValueError("timeout must be a number of seconds, not NaN")

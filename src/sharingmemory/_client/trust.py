@@ -61,7 +61,8 @@ def trusted_uids(extra: int | Iterable[int] | None) -> frozenset[int]:
 def check_directory(path: str, uids: frozenset[int]) -> None:
     """Refuse a socket whose directory another user owns or may write to. A directory that
     does not exist is left to connect(2), which reports it as no driver."""
-    directory = os.path.dirname(path) if path.startswith("/") else os.path.dirname(os.path.abspath(path))
+    # rpartition, not os.path.dirname, for an absolute path: this runs at every open.
+    directory = (path.rpartition("/")[0] or "/") if path.startswith("/") else os.path.dirname(os.path.abspath(path))
     try:
         info = os.stat(directory)  # follows a symlink: the directory that holds the name counts
     except (FileNotFoundError, NotADirectoryError):

@@ -69,7 +69,9 @@ def device_socket_candidates(
     SHARINGMEMORY_SOCKET set, the system driver's path (`SYSTEM_SOCKET`) and then this user's
     own (`default_socket_path`), or just one of them when they are the same; else the one path
     named. `system=False` leaves the system path out."""
-    if name is None:
+    if type(name) is str:  # the common case, first: this runs at every open
+        text = name
+    elif name is None:
         text = DEVICE_NAME
     else:
         if not isinstance(name, str | bytes | os.PathLike):
