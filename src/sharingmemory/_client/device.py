@@ -68,8 +68,8 @@ from .._defs import (
     encode_request,
     exception_for,
     raise_for_status,
+    status_name,
 )
-from .._defs.status import status_name
 from .._sys import Fd, close_all, unix
 from .arguments import unsigned
 from .shared_page import SharedPage

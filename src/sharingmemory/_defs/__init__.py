@@ -99,6 +99,7 @@ from .status import (
     exception_for,
     is_error,
     raise_for_status,
+    status_name,
 )
 
 __all__ = [
@@ -185,5 +186,6 @@ __all__ = [
     "required_access",
     "resolve_device_name",
     "split_ctl_code",
+    "status_name",
     "utc_offset_to_bias",
 ]
