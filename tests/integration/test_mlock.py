@@ -53,7 +53,7 @@ def test_a_driver_that_may_not_mlock_warns_and_serves() -> None:
     try:
         assert wait_for(lambda: b" ready (driver pid" in log_path.read_bytes() or process.poll() is not None)
         assert process.poll() is None, log_path.read_text()
-        with sharingmemory.open_device(str(socket_path)) as device:  # root may always open
+        with sharingmemory.open_device(str(socket_path), trusted_uid=NOBODY) as device:  # root may always open
             snap = device.map_shared_memory().read()
         assert snap.state == sharingmemory.STATE_RUNNING
         assert "page not locked in memory: mlock failed" in log_path.read_text()

@@ -6,6 +6,8 @@ The client side never imports the server side: they meet only on the wire (`_def
 from .device import (
     Device,
     IoResult,
+)
+from .opening import (
     open_device,
 )
 from .shared_page import (

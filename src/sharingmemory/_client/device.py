@@ -11,50 +11,73 @@ and is unmapped when the device closes. If the driver goes away first, the mappi
 (the kernel keeps the memfd alive while it is mapped) and shows state=stopped; the next request
 on the device raises `DeviceNotConnected`.
 
+Trust: before anything the driver says is believed, `trust` checks the socket's directory, the
+uid that listens (SO_PEERCRED), the page fd's seals and size and the tick fd's type; whatever
+fails raises `UntrustedDevice`.
+
+Lifetime: a fatal error (the driver went away, a timeout, a reply out of step) closes the
+connection at once, as the driver does; the mapped page stays readable until `close()`, which
+always releases the page, the tick fd and the socket, whatever happened before. Later requests
+(`map_shared_memory()` included) raise ValueError, as for a closed file. After os.fork() the
+child's copy of a Device is not its handle: the child's requests raise InvalidHandle, and its
+`close()` releases only its own copies of the fds, sending nothing (the parent's handle lives
+on). A Device collected unclosed releases everything with a ResourceWarning, as an unclosed
+file does.
+
 Errors: every failure the driver reports arrives as the typed `NtStatusError` subclass of its
-status; OSErrors of the socket are translated in one place (`_os_error`).
+status (`raise_for_status`); OSErrors of the socket are translated in one place (`_os_error`);
+bad arguments raise TypeError or ValueError before anything is sent.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
 import threading
+import warnings
+import weakref
 from typing import Final, NamedTuple
 
 from .._defs import (
-    DEVICE_NAME,
-    FILE_READ_DATA,
-    FILE_WRITE_DATA,
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
+    MAX_INPUT_LENGTH,
+    MAX_OUTPUT_BUFFER,
+    MAX_OUTPUT_LENGTH,
     STATUS_STRUCT_SIZE,
     AccessDenied,
     DeviceNotConnected,
     DeviceNotFound,
     DriverStatus,
+    InsufficientResources,
+    InvalidHandle,
+    InvalidParameter,
     IoTimeout,
     MajorFunction,
     NtStatus,
     NtStatusError,
+    ObjectNameInvalid,
     RemoteProtocolError,
     Request,
+    Unsuccessful,
     decode_driver_status,
     decode_reply,
     encode_request,
     exception_for,
-    is_error,
-    resolve_device_name,
+    raise_for_status,
+    status_name,
 )
 from .._sys import Fd, close_all, unix
+from .arguments import unsigned
 from .shared_page import SharedPage
 from .ticks import TickEvent
+from .trust import check_directory, check_page_fd, check_peer, check_tick_fd, trusted_uids
 
 DEFAULT_TIMEOUT: Final = 5.0
 _POINTER = struct.Struct("<Q")
-_ACCESS = {"r": FILE_READ_DATA, "w": FILE_WRITE_DATA, "rw": FILE_READ_DATA | FILE_WRITE_DATA}
 
 
 class IoResult(NamedTuple):
@@ -84,24 +107,43 @@ class Device:
     """
 
     _sock: socket.socket | None = None
+    _page: SharedPage | None = None
+    _lost: str = ""  # why the connection closed under the caller, once it has
+    _inherited: bool = False  # True in a child of os.fork(): the handle is the parent's
 
-    def __init__(self, path: str, access: int, timeout: float | None = DEFAULT_TIMEOUT, *, map: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        access: int,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        *,
+        map: bool = False,
+        trusted: frozenset[int] | None = None,
+    ) -> None:
         self.path = path
         self.timeout = timeout
         self._lock = threading.Lock()
         self._next_id = 1
-        self._page: SharedPage | None = None
-        sock = unix.seqpacket_socket()
+        uids = trusted_uids(None) if trusted is None else trusted
+        check_directory(path, uids)
+        try:
+            sock = unix.seqpacket_socket()
+        except OSError as err:
+            raise _os_error(err, path) from err
         try:
             sock.settimeout(timeout)
             try:
                 sock.connect(path)
             except OSError as err:
                 raise _os_error(err, path) from err
+            except ValueError as err:  # an embedded NUL byte
+                raise ObjectNameInvalid(f"{path!r} is not a socket path: {err}") from err
+            check_peer(sock, path, uids)
         except BaseException:
             sock.close()
             raise
         self._sock = sock
+        _DEVICES.add(self)
         try:
             if map:
                 self._create_and_map(access)
@@ -131,45 +173,76 @@ class Device:
         For IOCTL_GIVE_ME_YOUR_MEMORY the page is mapped into this process and the output is its
         address as a little-endian u64, as in the seed. Raises the NtStatusError subclass of a
         failure status; warnings come back in `IoResult.status`.
+
+        `code` is a 32-bit int, `input` any bytes-like object the protocol can carry (up to
+        MAX_INPUT_LENGTH bytes, else InvalidParameter). `output_size` may be generous, as
+        Windows callers' buffers often are: any size up to MAX_OUTPUT_BUFFER (16 MiB) is
+        accepted, since no answer is longer than a message can carry; a larger one is refused
+        with InsufficientResources, as the I/O manager refuses a buffer it cannot allocate.
+        Wrong types raise TypeError, negative or out-of-range values ValueError.
         """
-        reply = self._call(MajorFunction.IRP_MJ_DEVICE_CONTROL, code=code, input=input, output_length=output_size)
+        code = unsigned("code", code, 0xFFFFFFFF)
+        try:
+            data = bytes(memoryview(input))
+        except TypeError:
+            raise TypeError(f"input must be a bytes-like object, not {type(input).__name__}") from None
+        if len(data) > MAX_INPUT_LENGTH:
+            raise InvalidParameter(f"input of {len(data)} bytes exceeds the {MAX_INPUT_LENGTH} a request can carry")
+        size = unsigned("output_size", output_size, None)
+        if size > MAX_OUTPUT_BUFFER:
+            raise InsufficientResources(f"an output buffer of {size} bytes is more than {MAX_OUTPUT_BUFFER}")
+        length = min(size, MAX_OUTPUT_LENGTH)
+        reply = self._call(MajorFunction.IRP_MJ_DEVICE_CONTROL, code=code, input=data, output_length=length)
         if code == IOCTL_GIVE_ME_YOUR_MEMORY:
             page = self._adopt_page(reply.fd)
             output = _POINTER.pack(page.address)
             return IoResult(reply.status, len(output), output)
-        if reply.fd is not None:  # tick eventfds come through _register_tick_event only
+        if reply.fd is not None:  # tick fds come through _register_tick_event only
             reply.fd.close()
-            raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent an fd with an unexpected reply")
+            raise InvalidParameter("driver sent an fd with an unexpected reply")
         return IoResult(reply.status, reply.information, reply.output)
 
     def _adopt_page(self, fd: Fd | None) -> SharedPage:
         """Map the page fd of a successful IOCTL_GIVE_ME_YOUR_MEMORY (and close the fd). A second
         map on the same handle gets the same page from the driver: the mapping is kept."""
         if fd is None:
-            raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "driver granted the page without sending its fd")
+            raise Unsuccessful("driver granted the page without sending its fd")
         try:
             if self._page is None or self._page.closed:
+                check_page_fd(fd.fileno())
+                # The page keeps its device alive (a program may hold only the page): the cycle is
+                # the GC's to collect, and Device.__del__ then releases both, with a warning.
                 self._page = SharedPage(fd.fileno(), tick_source=self._register_tick_event)
             return self._page
         finally:
             fd.close()
 
     def map_shared_memory(self) -> SharedPage:
-        """The shared page, mapped on first call; the same object afterwards."""
-        if self._page is None or self._page.closed:
+        """The shared page, mapped on first call; the same object afterwards (while the
+        connection lives: after it is lost, this raises ValueError like any request; the page
+        already returned stays readable until close())."""
+        page = self._page
+        if page is None or page.closed or self._sock is None:
             self.device_io_control(IOCTL_GIVE_ME_YOUR_MEMORY, output_size=_POINTER.size)
-        assert self._page is not None
-        return self._page
+            page = self._page
+        assert page is not None
+        return page
 
     def _register_tick_event(self) -> TickEvent:
-        """IOCTL_REGISTER_TICK_EVENT: this handle's tick eventfd, owned by the returned object."""
+        """IOCTL_REGISTER_TICK_EVENT: this handle's tick fd (an eventfd or a pipe's read end,
+        checked), owned by the returned object."""
         fd = self._call(MajorFunction.IRP_MJ_DEVICE_CONTROL, code=IOCTL_REGISTER_TICK_EVENT).fd
         sock = self._sock
         if fd is None or sock is None:
             if fd is not None:
                 fd.close()
-            raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "the driver sent no tick eventfd")
-        return TickEvent(fd, sock.fileno())
+            raise Unsuccessful("the driver sent no tick fd")
+        try:
+            check_tick_fd(fd.fileno())
+            return TickEvent(fd, sock.fileno())
+        except BaseException:
+            fd.close()
+            raise
 
     def query_status(self) -> DriverStatus:
         """IOCTL_QUERY_STATUS: the driver's handles, page and timer."""
@@ -177,7 +250,7 @@ class Device:
         try:
             return decode_driver_status(result.output)
         except RemoteProtocolError as err:
-            raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, f"driver status unreadable: {err}") from err
+            raise Unsuccessful(f"driver status unreadable: {err}") from err
 
     def _call(
         self,
@@ -194,9 +267,7 @@ class Device:
 
     def _send(self, request: Request) -> int:
         """Send `request` under a fresh id (the caller holds the lock); returns the id."""
-        sock = self._sock
-        if sock is None:
-            raise ValueError("I/O operation on a closed Device")
+        sock = self._usable_socket()
         request_id = self._next_id
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
         data = encode_request(request._replace(request_id=request_id))
@@ -209,53 +280,69 @@ class Device:
 
     def _receive(self, major: MajorFunction, request_id: int) -> _Completed:
         """The reply to request `request_id` (the caller holds the lock), checked against it."""
-        sock = self._sock
-        if sock is None:
-            raise ValueError("I/O operation on a closed Device")
+        sock = self._usable_socket()
         try:
             message = unix.receive(sock)
         except OSError as err:
             self._close_socket()  # a timed-out or broken connection cannot be resynchronised
             raise _os_error(err, self.path) from err
         fd = message.fds[0] if message.fds else None
-        try:
-            if message.fds_truncated:  # the kernel dropped fds that found no free slot here
-                raise exception_for(
-                    NtStatus.STATUS_INSUFFICIENT_RESOURCES,
-                    "an fd from the driver was lost: this process is out of file descriptors (MSG_CTRUNC)",
-                )
-            if message.fds[1:]:
-                raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent more than one fd")
-            if not message.data:
-                raise DeviceNotConnected(f"the driver at {self.path} closed the connection (stopped or died)")
-            if message.oversized:
-                raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "driver sent an oversized reply")
+        problem: NtStatusError | None = None  # the reply is wrong: the connection is out of step
+        reply = None
+        if message.fds_truncated:  # the kernel dropped fds that found no free slot here
+            close_all(message.fds)  # the reply itself was read: the connection stays in step
+            raise InsufficientResources(
+                "an fd from the driver was lost: this process is out of file descriptors (MSG_CTRUNC)"
+            )
+        if message.fds[1:]:
+            problem = InvalidParameter("driver sent more than one fd")
+        elif not message.data:
+            problem = DeviceNotConnected(f"the driver at {self.path} closed the connection (stopped or died)")
+        elif message.oversized:
+            problem = InvalidParameter("driver sent an oversized reply")
+        else:
             try:
                 reply = decode_reply(message.data)
             except RemoteProtocolError as err:
-                raise exception_for(err.status, f"unreadable reply from the driver: {err}") from err
-            if reply.request_id != request_id or reply.major != major:
-                raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "reply does not match the request")
-            if reply.has_fd != (fd is not None):
-                raise exception_for(NtStatus.STATUS_INVALID_PARAMETER, "reply's fd flag does not match")
-            if is_error(reply.status):
-                raise exception_for(reply.status, f"{major.name} on {self.path} failed")
-        except NtStatusError as err:
+                problem = exception_for(err.status, f"unreadable reply from the driver: {err}")
+            else:
+                if reply.request_id != request_id or reply.major != major:
+                    problem = InvalidParameter("reply does not match the request")
+                elif reply.has_fd != (fd is not None):
+                    problem = InvalidParameter("reply's fd flag does not match")
+        if problem is not None or reply is None:
             close_all(message.fds)
-            if err.status in _FATAL or major is MajorFunction.IRP_MJ_CREATE:
-                self._close_socket()  # the driver has closed its end too
-            raise
-        except BaseException:
-            close_all(message.fds)
+            self._lost = str(problem)
             self._close_socket()
+            raise problem or InvalidParameter("unreadable reply")
+        try:
+            raise_for_status(reply.status, f"{_MAJOR_NAMES[major]} on {self.path} failed")
+        except NtStatusError:
+            close_all(message.fds)
+            if reply.status in _FATAL or major is MajorFunction.IRP_MJ_CREATE:
+                self._lost = f"the driver answered {major.name} with {status_name(reply.status)}"
+                self._close_socket()  # the driver has closed its end too
             raise
         return _Completed(reply.status, reply.information, reply.output, fd)
 
     # --- closing ------------------------------------------------------------------------------
 
+    def _usable_socket(self) -> socket.socket:
+        """The socket, or the error that says why there is none (the caller holds the lock)."""
+        sock = self._sock
+        if sock is not None and not self._inherited:
+            return sock
+        if self._inherited:
+            raise InvalidHandle("this Device was opened by the parent process (before os.fork()): open a new one")
+        if self._lost:
+            raise ValueError(f"I/O operation on a closed Device (its connection was lost: {self._lost})")
+        raise ValueError("I/O operation on a closed Device")
+
     def close(self, *, wait: bool = True) -> None:
         """CLEANUP and CLOSE, then unmap the page and close the socket. Idempotent; if the driver
-        is already gone, the local resources are still released and nothing is raised.
+        is already gone, or the connection was lost to an earlier error, the local resources
+        (page, tick fd, socket) are still released and nothing is raised. In a child of
+        os.fork() nothing is sent: the handle is the parent's, only this process's copies go.
 
         Both requests are sent before either reply is read: the driver handles them in order,
         so the close costs one round trip, and when it returns the driver has released the
@@ -263,11 +350,14 @@ class Device:
         are not awaited: the driver completes both as it reads them (or on the hang-up, as for
         a process that died), and this call costs no round trip at all.
         """
-        if self._sock is None:
-            return
         page, self._page = self._page, None
         if page is not None:
-            page.close()
+            page.close()  # first: it wakes tick waiters and waits for them to leave
+        if self._sock is None:
+            return
+        if self._inherited:
+            self._close_socket()
+            return
         with self._lock:
             try:
                 cleanup = self._send(Request(MajorFunction.IRP_MJ_CLEANUP, 0))
@@ -283,10 +373,27 @@ class Device:
     def _close_socket(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
+            self._lost = self._lost or "an earlier request failed"
             sock.close()
+
+    def _after_fork_in_child(self) -> None:
+        self._inherited = True
+        self._lock = threading.Lock()  # a parent's thread may have held it at fork(2)
+        if self._page is not None:
+            self._page.after_fork_in_child()
+
+    def __del__(self) -> None:
+        if self._sock is not None or self._page is not None:
+            # Released with no message sent: the driver sees the hang-up, as for a process that died.
+            self._inherited = True
+            try:
+                self.close()
+            finally:
+                warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
 
     @property
     def closed(self) -> bool:
+        """True once close() ran or the connection was lost (the page may still be open)."""
         return self._sock is None
 
     def __enter__(self) -> Device:
@@ -300,48 +407,43 @@ class Device:
 
 
 #: Statuses after which the connection cannot be used any more (the driver closes it too).
+#: STATUS_ACCESS_DENIED is fatal only for CREATE (docs/protocol.md): an IOCTL the handle lacks
+#: the access for is refused and the handle goes on.
 _FATAL = frozenset({
     NtStatus.STATUS_DEVICE_NOT_CONNECTED, NtStatus.STATUS_IO_TIMEOUT, NtStatus.STATUS_REVISION_MISMATCH,
-    NtStatus.STATUS_ACCESS_DENIED, NtStatus.STATUS_TOO_MANY_OPENED_FILES,
+    NtStatus.STATUS_TOO_MANY_OPENED_FILES,
 })  # fmt: skip
+
+
+#: The names for messages, looked up once: an enum's .name is a descriptor call, on every reply.
+_MAJOR_NAMES: Final = {major: major.name for major in MajorFunction}
+
+#: Every Device alive in this process, so that a child of os.fork() can mark its copies.
+_DEVICES: weakref.WeakSet[Device] = weakref.WeakSet()
+
+
+def _mark_inherited() -> None:
+    for device in list(_DEVICES):
+        device._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_mark_inherited)
 
 
 def _os_error(err: OSError, path: str) -> NtStatusError:
     """The one place where socket OSErrors become the library's NtStatusError subclasses."""
     if isinstance(err, TimeoutError):
         return IoTimeout(f"the driver at {path} did not answer in time")
-    if isinstance(err, FileNotFoundError | ConnectionRefusedError):
+    if isinstance(err, FileNotFoundError | ConnectionRefusedError | NotADirectoryError):
         return DeviceNotFound(f"no driver is serving {path}")
+    if err.errno == errno.EPROTOTYPE:  # a stream or datagram socket: some other program's
+        return DeviceNotFound(f"{path} is not a SOCK_SEQPACKET socket: no driver is serving it")
     if isinstance(err, PermissionError):
         return AccessDenied(f"permission denied opening {path}")
     if isinstance(err, BrokenPipeError | ConnectionResetError | ConnectionAbortedError):
         return DeviceNotConnected(f"the driver at {path} went away (stopped or died)")
-    return NtStatusError(f"{path}: {err.strerror or err}", status=NtStatus.STATUS_UNSUCCESSFUL)
-
-
-def open_device(
-    name: str | os.PathLike[str] = DEVICE_NAME,
-    access: str = "r",
-    *,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    map: bool = False,
-) -> Device:
-    """Open the device, as the seed's program calls CreateFile("\\\\.\\SharingMemory").
-
-    `name` is `\\\\.\\SharingMemory` (the default socket path, see `default_socket_path`) or a
-    socket path. `access` is "r", "w" or "rw". `timeout` bounds every request, in seconds.
-    `map=True` also maps the page, with CREATE and IOCTL_GIVE_ME_YOUR_MEMORY sent together (one
-    round trip for both); `map_shared_memory()` then returns it at once.
-    Raises DeviceNotFound when no driver serves the path, AccessDenied when this user may not
-    open it, and ValueError for a bad argument.
-
-        >>> with open_device(map=True) as device:  # doctest: +SKIP
-        ...     print(device.map_shared_memory().read().local_datetime)
-    """
-    try:
-        mask = _ACCESS[access]
-    except (KeyError, TypeError):
-        raise ValueError(f"access must be 'r', 'w' or 'rw', not {access!r}") from None
-    if timeout is not None and timeout <= 0:
-        raise ValueError("timeout must be positive or None")
-    return Device(resolve_device_name(name), mask, timeout, map=map)
+    if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+        return InsufficientResources(f"{path}: {err.strerror}")
+    if err.errno in (errno.ENAMETOOLONG, errno.ELOOP, None):  # None: "AF_UNIX path too long"
+        return ObjectNameInvalid(f"{path!r} cannot name a socket: {err.strerror or err}")
+    return Unsuccessful(f"{path}: {err.strerror or err}")

@@ -6,8 +6,15 @@ driver: the kernel keeps the memfd while it is mapped, and a driver that unloads
 state=stopped into it first. The read path is built for cost (docs/performance.md): between
 ticks a read is one aligned 8-byte load of `seq` compared with the last snapshot's; after a tick
 it is the full seqlock read of `_page.read_snapshot`. Waiting for the tick (`wait_next`,
-`next_update`) uses the handle's tick eventfd from `_ticks`, asked for once through the
-`tick_source` the owning `Device` passes in.
+`next_update`) uses the handle's tick fd from `ticks`, asked for once through the
+`tick_source` the owning `Device` passes in; any number of threads and asyncio tasks may wait
+at once, and each returns the first tick newer than the newest one any wait had returned when
+it began (so concurrent waiters all get the same tick, and one waiter alone sees every tick).
+
+Trust: a page from a Device is a sealed memfd of one page (`trust.check_page_fd`, run by the
+Device), so it can never be truncated under the mapping (no SIGBUS) or written by anyone but
+the driver; the fields the driver writes are still only data, and nothing read from them
+raises anything undocumented.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -24,17 +32,18 @@ from .._defs import (
     SEQ_OFFSET,
     STATE_STOPPED,
     DeviceNotConnected,
+    InsufficientResources,
     IoTimeout,
-    NtStatus,
     NtStatusError,
     PageSnapshot,
+    RevisionMismatch,
     check_header,
-    exception_for,
     read_snapshot,
     read_state,
 )
 from .._sys import libc
-from .ticks import TickEvent, next_deadline_delay, retry_step
+from .arguments import wait_timeout
+from .ticks import TickClosedError, TickEvent, next_deadline_delay, retry_step
 
 
 class _Word(Protocol):
@@ -68,6 +77,12 @@ _CLOSED_WORD: Final = _ClosedWord()
 _NO_SNAPSHOT: Final = PageSnapshot(-1, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(16))
 
 
+def _deadline(timeout: float | None) -> float | None:
+    """time.monotonic() at which a wait of `timeout` seconds ends; None: never."""
+    seconds = wait_timeout(timeout)
+    return None if seconds is None else time.monotonic() + seconds
+
+
 class SharedPage:
     """The driver's page, mapped read-only into this process.
 
@@ -83,15 +98,24 @@ class SharedPage:
     _last: PageSnapshot = _NO_SNAPSHOT
     _tick_event: TickEvent | None = None
     _tick_source: Callable[[], TickEvent] | None = None
+    _tick_asked: bool = False
     _seen_tick: int | None = None
 
     def __init__(self, fd: int, *, tick_source: Callable[[], TickEvent] | None = None) -> None:
-        """Map the page behind `fd` (the caller keeps and closes `fd`) and check its header.
-        `tick_source`, when given, is asked once for the tick eventfd that `wait_next` uses."""
+        """Map the page behind `fd` (the caller keeps and closes `fd`) and check its size and
+        header (RevisionMismatch). A page from a Device has had its seals checked too
+        (`trust.check_page_fd`); an fd passed here by hand is the caller's to vouch for.
+        `tick_source`, when given, is asked once for the tick fd that `wait_next` uses."""
+        if type(fd) is not int:
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
         self._tick_source = tick_source
-        if os.fstat(fd).st_size != PAGE_SIZE:
-            raise exception_for(NtStatus.STATUS_REVISION_MISMATCH, "the page fd is not one page long")
-        self._map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        self._source_lock = threading.Lock()
+        try:
+            if os.fstat(fd).st_size != PAGE_SIZE:
+                raise RevisionMismatch("the page fd is not one page long")
+            self._map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        except OSError as err:  # EBADF, EMFILE (mmap keeps a dup), ENOMEM
+            raise InsufficientResources(f"the page cannot be mapped: {err.strerror or err}") from err
         try:
             check_header(self._map)
             if sys.byteorder == "little":
@@ -156,93 +180,120 @@ class SharedPage:
     # --- waiting for the tick -----------------------------------------------------------------
 
     def wait_next(self, timeout: float | None = None) -> PageSnapshot:
-        """Block until the page holds a tick newer than the last one this method returned (on
-        the first call: newer than the page at the call) and return its snapshot.
+        """Block until the page holds a tick newer than the newest one this method (in any
+        thread or task) had returned when the call began (on the first call: newer than the
+        page at the call) and return its snapshot.
 
-        A stopped page is returned at once (check `.state`). Raises IoTimeout (a TimeoutError) after `timeout`
-        seconds, DeviceNotConnected when the driver dies without writing state=stopped. Uses the
-        driver's tick eventfd when the page came from a Device (no polling), else sleeps to the
-        deadline the page announces.
+        A stopped page is returned at once (check `.state`). Raises IoTimeout (a TimeoutError)
+        after `timeout` seconds (None or math.inf: no limit; 0 or less: look once),
+        DeviceNotConnected when the driver dies without writing state=stopped, ValueError when
+        the page is closed before or during the wait (from another thread, say). Uses the
+        driver's tick fd when the page came from a Device (no polling), else sleeps to the
+        deadline the page announces. Safe to call from several threads at once.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         event = self._ensure_tick_event()
+        news = self._news_after(self._seen_tick)
+        if event is not None:
+            try:
+                snap = event.wait_for(news, deadline)
+            except TickClosedError:
+                raise ValueError("SharedPage was closed while waiting") from None
+            except ConnectionResetError as err:
+                return self._after_hang_up(err, news)
+            if snap is None:
+                raise IoTimeout(f"no tick within {timeout} s")
+            return snap
         while True:
-            snap = self._news(event)
+            snap = news()
             if snap is not None:
                 return snap
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise IoTimeout(f"no tick within {timeout} s")
-            if event is None:
-                delay = self._sleep_before_next()
-                time.sleep(delay if remaining is None else min(delay, remaining))
-                continue
-            try:
-                event.wait(remaining)
-            except ConnectionResetError as err:
-                return self._after_hang_up(err)
+            delay = self._sleep_before_next()
+            time.sleep(delay if remaining is None else min(delay, remaining))
 
     async def next_update(self) -> PageSnapshot:
         """The asyncio form of `wait_next()`: await the next tick without blocking the loop.
-        Bound it with `asyncio.timeout()` or `asyncio.wait_for()`."""
+        Any number of tasks (and threads) may wait at once. Bound it with `asyncio.timeout()`
+        or `asyncio.wait_for()`."""
         import asyncio
 
         event = self._ensure_tick_event()
+        news = self._news_after(self._seen_tick)
+        if event is not None:
+            try:
+                return await event.wait_for_async(news)
+            except TickClosedError:
+                raise ValueError("SharedPage was closed while waiting") from None
+            except ConnectionResetError as err:
+                return self._after_hang_up(err, news)
         while True:
-            snap = self._news(event)
+            snap = news()
             if snap is not None:
                 return snap
-            if event is None:
-                await asyncio.sleep(self._sleep_before_next())
-                continue
-            try:
-                await event.wait_async()
-            except ConnectionResetError as err:
-                return self._after_hang_up(err)
+            await asyncio.sleep(self._sleep_before_next())
 
-    def _news(self, event: TickEvent | None) -> PageSnapshot | None:
-        """Forget the eventfd's counted signals, then look at the page: the page, not the
-        counter, says whether a tick happened, so the order cannot lose one."""
-        if event is not None:
-            event.drain()
-        return self._next_or_none()
+    def _news_after(self, seen: int | None) -> Callable[[], PageSnapshot | None]:
+        """The look at the page one wait makes at each wake-up: the snapshot when it holds a
+        tick other than `seen` (the newest returned when the wait began), or is stopped."""
+        if seen is None:  # the first wait of this page: news is a tick newer than now
+            seen = self.read().tick_count
+            if self._seen_tick is None:
+                self._seen_tick = seen
+
+        def news() -> PageSnapshot | None:
+            snap = self.read()
+            if snap.state == STATE_STOPPED or snap.tick_count != seen:
+                self._seen_tick = snap.tick_count
+                return snap
+            return None
+
+        return news
 
     def _sleep_before_next(self) -> float:
-        """Without an eventfd: seconds to sleep until just past the deadline the page announces,
+        """Without a tick fd: seconds to sleep until just past the deadline the page announces,
         or a short step when that deadline has passed without a tick."""
         snap = self.read()
         delay = next_deadline_delay(snap)
         return delay if delay > 0 else retry_step(snap)
 
-    def _after_hang_up(self, err: ConnectionResetError) -> PageSnapshot:
+    def _after_hang_up(self, err: ConnectionResetError, news: Callable[[], PageSnapshot | None]) -> PageSnapshot:
         """The driver's socket hung up: a stopped page is news to return, anything else means
         the driver died without writing state=stopped."""
-        snap = self._next_or_none()
+        snap = news()
         if snap is not None:
             return snap
         raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
 
-    def _next_or_none(self) -> PageSnapshot | None:
-        """The current snapshot if it is news for `wait_next` (a newer tick, or stopped)."""
-        snap = self.read()
-        if self._seen_tick is None:
-            self._seen_tick = snap.tick_count
-        if snap.state == STATE_STOPPED or snap.tick_count != self._seen_tick:
-            self._seen_tick = snap.tick_count
-            return snap
-        return None
-
     def _ensure_tick_event(self) -> TickEvent | None:
-        if self._tick_event is None and self._tick_source is not None:
-            source, self._tick_source = self._tick_source, None  # asked once, success or not
-            try:
-                self._tick_event = source()
-            except (NtStatusError, ValueError):
-                return None
+        if self._tick_event is None and self._tick_source is not None and not self._tick_asked:
+            with self._source_lock:  # two threads' first waits ask once between them
+                # Asked once, success or not. The source stays referenced: it is the owning
+                # device's method, and a program may hold only the page.
+                source, asked, self._tick_asked = self._tick_source, self._tick_asked, True
+                if not asked:
+                    try:
+                        self._tick_event = source()
+                    except (NtStatusError, ValueError, OSError):  # no tick fd: wait by the deadline
+                        return None
         return self._tick_event
 
+    def after_fork_in_child(self) -> None:
+        """In a child of os.fork(): new locks (a parent's thread may have held them), and the
+        child's copy of the tick fd closed. That fd shares its open file description with the
+        parent's, so a child draining it would take the parent's wake-ups; the child's waits
+        go by the page's deadline instead."""
+        self._source_lock = threading.Lock()
+        event, self._tick_event = self._tick_event, None
+        if event is not None:
+            event.after_fork_in_child()
+
     def close(self) -> None:
-        """Unmap the page and close the tick eventfd. Idempotent."""
+        """Close the tick fd (waking any waiter, who gets ValueError, and waiting for them to
+        leave), then unmap the page. Idempotent."""
+        self._tick_source = None
         event, self._tick_event = self._tick_event, None
         if event is not None:
             event.close()

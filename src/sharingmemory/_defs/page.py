@@ -36,6 +36,15 @@ STATE_NAMES: Final = {STATE_INITIALIZING: "initializing", STATE_RUNNING: "runnin
 EPOCH_AS_FILETIME: Final = 116444736000000000
 FILETIME_TICKS_PER_SECOND: Final = 10_000_000
 
+#: The seals every page fd carries (fcntl(2)): its size can never change, no new writable
+#: mapping can ever be made, and no seal can be removed. A client refuses a page without them.
+#: The values of <linux/fcntl.h>, written out: this module does no I/O and imports no fcntl.
+F_SEAL_SEAL: Final = 0x0001
+F_SEAL_SHRINK: Final = 0x0002
+F_SEAL_GROW: Final = 0x0004
+F_SEAL_FUTURE_WRITE: Final = 0x0010  # linux 5.1; not exported by Python's fcntl module
+PAGE_SEALS: Final = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL
+
 SEQ_OFFSET: Final = 16
 _HEADER = struct.Struct("<4sHHII")  # magic, abi_major, abi_minor, page_size, header_size at 0
 _SEQ = struct.Struct("<Q")  # at 16
@@ -47,6 +56,9 @@ _STATE_OFFSET: Final = 80
 
 assert _HEADER.size == 16
 assert _GUARDED.size == HEADER_SIZE - SEQ_OFFSET
+
+_DAY: Final = _dt.timedelta(days=1)
+_FILETIME_EPOCH: Final = _dt.datetime(1601, 1, 1)
 
 #: A reader that sees `seq` odd or moving this many times in a row gives up (PageTornError).
 MAX_READ_ATTEMPTS: Final = 1_000_000
@@ -79,15 +91,32 @@ class PageSnapshot(NamedTuple):
     writer_pid: int
     instance_id: bytes
 
+    # Every field is the driver's to write and nothing here trusts it: a value no datetime can
+    # hold gives ValueError (documented), never OverflowError or a crash.
+
     @property
     def local_datetime(self) -> _dt.datetime:
-        """The seed's value, local time, as an aware `datetime` in the driver's UTC offset."""
-        return filetime_to_datetime(self.local_time, tz=bias_to_timezone(self.time_zone_bias))
+        """The seed's value, local time, as an aware `datetime` in the driver's UTC offset.
+
+        A legal POSIX zone may lie 24 hours or more from UTC (`TZ=ABC-24`; POSIX allows up to
+        24:59:59), which no `datetime.tzinfo` can carry (its offset must be under 24 h): then
+        the local wall-clock time comes back naive, and `utc_offset` still gives the offset.
+        Raises ValueError when `local_time` is outside what a datetime can hold (years 1..9999).
+        """
+        offset = self.utc_offset
+        if -_DAY < offset < _DAY:
+            return filetime_to_datetime(self.local_time, tz=_dt.timezone(offset))
+        return filetime_to_datetime(self.local_time).replace(tzinfo=None)
 
     @property
     def system_datetime(self) -> _dt.datetime:
-        """The same instant in UTC."""
+        """The same instant in UTC; ValueError when `system_time` is outside a datetime's range."""
         return filetime_to_datetime(self.system_time)
+
+    @property
+    def utc_offset(self) -> _dt.timedelta:
+        """The driver's local offset from UTC (local minus UTC), of any size the page holds."""
+        return _dt.timedelta(microseconds=-self.time_zone_bias // 10)
 
     @property
     def state_name(self) -> str:
@@ -109,10 +138,14 @@ def check_header(buffer: object) -> None:
 
     Raises RevisionMismatch, whose message says what was found; a newer minor is accepted.
     """
-    view = memoryview(buffer)  # type: ignore[arg-type]
-    if len(view) < PAGE_SIZE:
-        raise RevisionMismatch(f"page is {len(view)} bytes, the ABI needs {PAGE_SIZE}")
-    magic, major, _minor, page_size, header_size = _HEADER.unpack_from(view, 0)
+    # The view is released before anything is raised: a traceback keeps this frame's locals, and
+    # an export still alive would keep the caller from closing its mmap (BufferError).
+    with memoryview(buffer) as view:  # type: ignore[arg-type]
+        length = len(view)
+        header = _HEADER.unpack_from(view, 0) if length >= PAGE_SIZE else None
+    if header is None:
+        raise RevisionMismatch(f"page is {length} bytes, the ABI needs {PAGE_SIZE}")
+    magic, major, _minor, page_size, header_size = header
     if magic != MAGIC:
         raise RevisionMismatch(f"page magic is {magic!r}, expected {MAGIC!r}")
     if major != ABI_MAJOR:
@@ -225,21 +258,39 @@ def filetime_to_datetime(filetime: int, tz: _dt.tzinfo = _dt.UTC) -> _dt.datetim
     The FILETIME is taken to be wall-clock time in `tz`: the page's `local_time` with the driver's
     offset, or `system_time` with UTC (the default).
     """
-    delta = _dt.timedelta(microseconds=filetime // 10)
-    return (_dt.datetime(1601, 1, 1) + delta).replace(tzinfo=tz)
+    if type(filetime) is not int:  # bool and float are refused too: a FILETIME is an integer
+        raise TypeError(f"a FILETIME is an int, not {type(filetime).__name__}")
+    if not isinstance(tz, _dt.tzinfo):
+        raise TypeError(f"tz must be a datetime.tzinfo, not {type(tz).__name__}")
+    try:
+        return (_FILETIME_EPOCH + _dt.timedelta(microseconds=filetime // 10)).replace(tzinfo=tz)
+    except OverflowError:  # beyond a timedelta's or a datetime's range
+        raise ValueError(f"FILETIME {filetime} is outside the years 1..9999 a datetime can hold") from None
 
 
 def datetime_to_filetime(value: _dt.datetime) -> int:
     """The FILETIME of an aware datetime (as UTC); naive datetimes are refused as ambiguous."""
+    if not isinstance(value, _dt.datetime):
+        raise TypeError(f"datetime_to_filetime needs a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("datetime_to_filetime needs an aware datetime")
-    delta = value.astimezone(_dt.UTC).replace(tzinfo=None) - _dt.datetime(1601, 1, 1)
+    try:
+        utc = value.astimezone(_dt.UTC)
+    except OverflowError:  # an instant whose UTC form falls outside years 1..9999
+        raise ValueError(f"{value!r} has no UTC form a datetime can hold") from None
+    delta = utc.replace(tzinfo=None) - _FILETIME_EPOCH
     return (delta.days * 86_400 + delta.seconds) * FILETIME_TICKS_PER_SECOND + delta.microseconds * 10
 
 
 def bias_to_timezone(time_zone_bias: int) -> _dt.timezone:
-    """The fixed-offset timezone of a Windows bias (UTC minus local, in 100-ns units)."""
-    return _dt.timezone(_dt.timedelta(microseconds=-time_zone_bias // 10))
+    """The fixed-offset timezone of a Windows bias (UTC minus local, in 100-ns units).
+
+    ValueError for a bias of 24 hours or more, which `datetime.timezone` cannot represent
+    (`PageSnapshot.local_datetime` handles that case itself)."""
+    try:
+        return _dt.timezone(_dt.timedelta(microseconds=-time_zone_bias // 10))
+    except OverflowError:
+        raise ValueError(f"time zone bias {time_zone_bias} is out of any range") from None
 
 
 def utc_offset_to_bias(utc_offset_seconds: int) -> int:

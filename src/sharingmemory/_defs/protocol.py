@@ -39,6 +39,12 @@ REQUEST_HEADER_SIZE: Final = _REQUEST.size  # 24
 REPLY_HEADER_SIZE: Final = _REPLY.size  # 32
 MAX_INPUT_LENGTH: Final = MAX_MESSAGE_SIZE - REQUEST_HEADER_SIZE
 MAX_OUTPUT_LENGTH: Final = MAX_MESSAGE_SIZE - REPLY_HEADER_SIZE
+#: The largest output buffer a client accepts from its caller. A generous buffer is a Windows
+#: habit, and no answer is longer than MAX_OUTPUT_LENGTH, so anything up to this is sent as
+#: MAX_OUTPUT_LENGTH; beyond it the size is absurd and is refused (InsufficientResources, as
+#: the I/O manager answers a buffer it cannot allocate). Client side only: the wire never
+#: carries more than MAX_OUTPUT_LENGTH.
+MAX_OUTPUT_BUFFER: Final = 16 * 1024 * 1024
 
 #: Reply flag: the reply carries one fd in an SCM_RIGHTS control message.
 REPLY_FLAG_FD: Final = 0x1

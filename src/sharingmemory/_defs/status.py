@@ -37,6 +37,7 @@ class NtStatus(enum.IntEnum):
     STATUS_DEVICE_NOT_CONNECTED = 0xC000009D
     STATUS_IO_TIMEOUT = 0xC00000B5
     STATUS_TOO_MANY_OPENED_FILES = 0xC000011F
+    STATUS_TRUST_FAILURE = 0xC0000190
     STATUS_DEVICE_CONFIGURATION_ERROR = 0xC0000182
     STATUS_INVALID_DEVICE_STATE = 0xC0000184
 
@@ -205,6 +206,18 @@ class InvalidDeviceState(NtStatusError):
     status = NtStatus.STATUS_INVALID_DEVICE_STATE
 
 
+class UntrustedDevice(NtStatusError):
+    """STATUS_TRUST_FAILURE: the client refused what answered at the device's path.
+
+    Raised before any of it is used: the listening process is not root, this user or a uid the
+    caller named as trusted (SO_PEERCRED); the socket's directory could be replaced by another
+    user; the page fd lacks the ABI's seals or size; the tick fd is not a pipe or an eventfd.
+    Whoever can create files in a shared directory can serve a fake driver there, so none of
+    these is taken on trust."""
+
+    status = NtStatus.STATUS_TRUST_FAILURE
+
+
 _EXCEPTIONS: dict[int, type[NtStatusError]] = {
     cls.status: cls
     for cls in (
@@ -225,6 +238,7 @@ _EXCEPTIONS: dict[int, type[NtStatusError]] = {
         DeviceNotConnected,
         IoTimeout,
         TooManyOpenedFiles,
+        UntrustedDevice,
         DeviceConfigurationError,
         InvalidDeviceState,
     )
