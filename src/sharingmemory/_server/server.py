@@ -49,7 +49,7 @@ _MESSAGES_PER_WAKEUP = 8
 FD_RESERVE = 64
 #: Connections one uid may hold before their CREATE (a burst of honest clients stays far below).
 MAX_PENDING_PER_UID = 256
-#: fds one handle may hold at most: its socket and its tick eventfd.
+#: fds one handle may hold at most: its socket and its tick channel's end.
 FDS_PER_HANDLE = 2
 
 
