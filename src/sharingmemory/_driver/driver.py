@@ -66,6 +66,7 @@ from .._defs import (
 from .._sys import Fd, unix
 from .clock import Clock, SystemClock
 from .memory import SealedMemory
+from .peer_log import PEER
 
 log = logging.getLogger("sharingmemory.driver")
 
@@ -231,14 +232,17 @@ class Driver:
         if access == 0 or access & ~VALID_ACCESS_MASK:
             return Completion(NtStatus.STATUS_INVALID_PARAMETER, close_connection=True)
         if not self.config.policy.allows(cred):
-            log.info("CREATE refused: uid %d gid %d (pid %d) is not allowed", cred.uid, cred.gid, cred.pid)
+            log.info("CREATE refused: uid %d gid %d (pid %d) is not allowed", cred.uid, cred.gid, cred.pid, extra=PEER)
             return Completion(NtStatus.STATUS_ACCESS_DENIED, close_connection=True)
         if (
             self.open_handles >= self.config.max_handles
             or self._open_per_uid.get(cred.uid, 0) >= self.config.max_handles_per_uid
         ):
             log.warning(
-                "CREATE refused: handle limit reached (uid %d has %d)", cred.uid, self._open_per_uid.get(cred.uid, 0)
+                "CREATE refused: handle limit reached (uid %d has %d)",
+                cred.uid,
+                self._open_per_uid.get(cred.uid, 0),
+                extra=PEER,
             )
             return Completion(NtStatus.STATUS_TOO_MANY_OPENED_FILES, close_connection=True)
         handle.state, handle.granted_access = HandleState.OPEN, access
@@ -310,7 +314,7 @@ class Driver:
             assert self._page is not None
             fd = Fd(self._page.memory.open_reader_fd())
         except OSError as err:
-            log.error("IOCTL_GIVE_ME_YOUR_MEMORY failed for handle %d: %s", handle.handle_id, err)
+            log.error("IOCTL_GIVE_ME_YOUR_MEMORY failed for handle %d: %s", handle.handle_id, err, extra=PEER)
             if created and self._mapped == 0:
                 self._free_page()
             return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
@@ -330,7 +334,7 @@ class Driver:
         try:
             ours, theirs = unix.tick_channel()
         except OSError as err:
-            log.error("IOCTL_REGISTER_TICK_EVENT failed for handle %d: %s", handle.handle_id, err)
+            log.error("IOCTL_REGISTER_TICK_EVENT failed for handle %d: %s", handle.handle_id, err, extra=PEER)
             return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
         if handle.tick_event is not None:
             handle.tick_event.close()  # cannot block: see _cleanup

@@ -42,6 +42,7 @@ SCM_MAX_FD = 253
 SO_PASSRIGHTS = 83
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _MSG_PEEK_DONTWAIT = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+_QUEUED_ANCILLARY_SIZE = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(SCM_MAX_FD * _INT_SIZE)
 
 
 class Received(NamedTuple):
@@ -122,6 +123,28 @@ def send(sock: socket.socket, data: bytes, fd: Fd | None = None) -> None:
         sock.sendmsg([data])
     else:
         sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd.fileno()]))])
+
+
+def stop_receiving(sock: socket.socket) -> None:
+    """shutdown(SHUT_RD), so that the peer's sends fail with EPIPE and the queue can only shrink,
+    and SO_PASSCRED, so that `receive_queued` can tell a queued message from end of file: after
+    SHUT_RD both read as 0 bytes, but every queued message then carries SCM_CREDENTIALS."""
+    sock.shutdown(socket.SHUT_RD)
+    sock.setsockopt(_SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+
+def receive_queued(sock: socket.socket) -> Received | None:
+    """The next message still queued on a socket after `stop_receiving`, with every fd it
+    carries (up to SCM_MAX_FD, all a message can hold), or None once the queue is empty."""
+    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1, _QUEUED_ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
+    if not ancdata:
+        return None
+    fds: list[Fd] = []
+    for level, kind, payload in ancdata:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            usable = len(payload) - len(payload) % _INT_SIZE
+            fds.extend(map(Fd, array.array("i", payload[:usable])))
+    return Received(data, fds, bool(flags & _MSG_TRUNC) or len(data) > MAX_MESSAGE_SIZE, bool(flags & _MSG_CTRUNC))
 
 
 def tick_channel() -> tuple[Fd, Fd]:

@@ -89,6 +89,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="mode of a socket directory it creates (default 0750)",
     )
     serve.add_argument(
+        "--no-passrights",
+        dest="refuse_fds",
+        action="store_false",
+        help="do not set SO_PASSRIGHTS (Linux 6.16+) on the socket: fds a client sends are then received and "
+        "closed by a separate thread, as on older kernels (for testing that path)",
+    )
+    serve.add_argument(
         "--check-config",
         action="store_true",
         help="check the options and the service manager's environment, print 'configuration OK' and exit; "
@@ -111,6 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         socket_path=args.socket or default_socket_path(), driver=driver,
         socket_mode=args.socket_mode, dir_mode=args.dir_mode, create_timeout=args.create_timeout,
+        refuse_fds=args.refuse_fds,
     )  # fmt: skip
     passed = service_manager(take=not args.check_config)
     config = _under_service_manager(args, config, passed)
