@@ -9,8 +9,12 @@ releases them in reverse. The rules, in one place for the server and for `serve
 * the path is absolute once resolved and fits `sockaddr_un.sun_path`;
 * the directory is a real directory (not a symlink), owned by us or root, and not writable by
   everyone unless sticky;
-* an existing file at the path is replaced only if it is a socket, and only while we hold the
-  lock: its driver is then certainly gone (a stale socket), never a live one.
+* an existing file at the path is replaced only if it is a socket, only while we hold the
+  lock, and only if nothing answers at it (connect(2) is refused): the lock alone is not enough,
+  since anyone who may write the directory can delete the lock file of a live driver, and the
+  socket may be another program's;
+* the lock file is a regular file, opened without following a symlink and without blocking (a
+  FIFO planted there would block open(2) until a writer comes).
 
 The lock is an flock held for the server's life; the kernel drops it when the process dies
 however it dies, so the next driver reclaims the socket, and a live driver is never displaced.
@@ -24,6 +28,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 
 from .._defs import DeviceConfigurationError
 
@@ -53,14 +58,38 @@ def _refuse_unsafe_directory(directory: str, info: os.stat_result) -> None:
 
 
 def _refuse_non_socket(path: str) -> bool:
-    """Whether a socket exists at `path`; DeviceConfigurationError if anything else does."""
+    """Whether a stale socket exists at `path`; DeviceConfigurationError if anything else does,
+    a live listener included."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return False
     if not stat.S_ISSOCK(info.st_mode):
         raise DeviceConfigurationError(f"{path} exists and is not a socket; refusing to replace it")
+    holder = _live_listener(path)
+    if holder is not None:
+        raise DeviceConfigurationError(f"{path} is in use ({holder}); refusing to replace it")
     return True
+
+
+def _live_listener(path: str) -> str | None:
+    """Who listens at the socket `path` (a description), or None when it is stale: connect(2)
+    to a socket nobody holds any more fails with ECONNREFUSED, whatever its type. Non-blocking,
+    so a listener with a full backlog (EAGAIN) answers "live" at once instead of making us wait."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return None
+    except FileNotFoundError:
+        return None
+    except OSError as err:  # EPROTOTYPE: a live socket of another type; EAGAIN: a full backlog
+        return f"a live socket answers: {err.strerror}"
+    else:
+        pid, uid, _gid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return f"a live listener, pid {pid} uid {uid}"
+    finally:
+        probe.close()
 
 
 def prepare_directory(directory: str, mode: int) -> None:
@@ -162,10 +191,18 @@ class SocketFile:
         attempt is repeated otherwise (it can only lose to a stopping driver a few times).
         """
         for _ in range(_LOCK_ATTEMPTS):
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
             try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                fd = os.open(self.lock_path, flags, 0o600)
             except OSError as err:
                 raise DeviceConfigurationError(f"cannot open lock file {self.lock_path}: {err.strerror}") from err
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+                # It is truncated and written below: never someone else's file, nor a hard link.
+                os.close(fd)
+                raise DeviceConfigurationError(
+                    f"lock file {self.lock_path} is not a regular file of ours with one link; refusing it"
+                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
