@@ -103,6 +103,11 @@ class ServerConfig:
     # Turn SO_PASSRIGHTS off where the kernel has it; False exercises the closer thread alone,
     # as on kernels before 6.16 (`serve --no-passrights`, for tests).
     refuse_fds: bool = True
+    # The group the socket and a directory it creates get (`serve --socket-group`); None: ours.
+    socket_group: int | None = None
+    # Whether `dir_mode` (and the group) were asked for explicitly: an existing directory that
+    # differs is then refused, not used as it is.
+    enforce_dir: bool = False
 
 
 class _Connection:
@@ -134,8 +139,13 @@ class DeviceServer:
         listener: socket.socket | None = None,
         handle_signals: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        on_reload: Callable[[], tuple[DriverConfig, str]] | None = None,
     ) -> None:
+        """`on_reload`, called on SIGHUP, re-reads what may change while the driver runs and
+        returns the driver's new configuration and what it re-read, for the log line."""
         self.config = config
+        self._on_reload = on_reload
+        self._reload_requested = False
         self._clock = clock
         self._handle_signals = handle_signals
         self._socket_file: SocketFile | None = None
@@ -161,7 +171,9 @@ class DeviceServer:
         try:
             if listener is None:
                 path = check_socket_path(config.socket_path)
-                self._socket_file = SocketFile(path, dir_mode=config.dir_mode)
+                self._socket_file = SocketFile(
+                    path, dir_mode=config.dir_mode, group=config.socket_group, enforce=config.enforce_dir
+                )
                 listener = unix.seqpacket_socket()
                 try:
                     self._socket_file.bind(listener, config.socket_mode)
@@ -219,6 +231,7 @@ class DeviceServer:
         if self._handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
             previous_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         with contextlib.suppress(OSError):  # not fatal: the tick is a timerfd; slack touches other waits
             libc.set_timer_slack(1)
@@ -253,6 +266,8 @@ class DeviceServer:
             callback: Callable[[object], None] = key.data
             callback(key.fileobj)
         self._expire_idle()
+        if self._reload_requested:
+            self.reload()
         if self._parked and self._closer.has_room():
             self._unpark()
         self._sync_timer()
@@ -287,6 +302,33 @@ class DeviceServer:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop(signal.Signals(signum).name)
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: the conventional "re-read your configuration", never a reason to exit. Only
+        a flag here; the loop does the work between two rounds (`reload`)."""
+        self._reload_requested = True
+        self._wake()
+
+    def reload(self) -> str:
+        """Re-read what can change at run time: the local time zone (tzset(3): a changed
+        /etc/localtime or zone rules show at the next tick) and whatever `on_reload` re-reads
+        (group names). Everything else needs a restart. Returns the log line."""
+        self._reload_requested = False
+        time.tzset()
+        zone = f"time zone re-read ({time.strftime('%Z %z')})"
+        done = [zone]
+        if self._on_reload is not None:
+            try:
+                config, what = self._on_reload()
+            except Exception as err:  # a bad edit must not take the driver down with it
+                done.append(f"the rest kept: {err}")
+            else:
+                self.driver.config = config
+                self._want_groups = bool(config.policy.gids)
+                done.append(what)
+        line = "SIGHUP: " + "; ".join(done) + "; other settings need a restart"
+        log.info("%s", line)
+        return line
 
     def _on_wakeup(self, _sock: object) -> None:
         try:

@@ -31,6 +31,7 @@ import stat
 import struct
 
 from .._defs import DeviceConfigurationError
+from .._sys import libc
 
 log = logging.getLogger("sharingmemory.server")
 
@@ -92,10 +93,15 @@ def _live_listener(path: str) -> str | None:
         probe.close()
 
 
-def prepare_directory(directory: str, mode: int) -> None:
-    """Create the socket's directory, or refuse one another user could tamper with."""
+def prepare_directory(directory: str, mode: int, *, group: int | None = None, enforce: bool = False) -> None:
+    """Create the socket's directory (with `mode`, and `group` when given), or refuse one
+    another user could tamper with. An existing directory is never changed (it may be /run or
+    /tmp): with `enforce` (the mode or group was asked for explicitly) one whose mode or group
+    differs is refused, saying what it has, instead of being silently used as it is."""
     try:
         os.mkdir(directory, mode)
+        if group is not None:
+            os.chown(directory, -1, group)
         os.chmod(directory, mode)  # mkdir's mode is filtered by the umask
         log.debug("directory %s created (mode %o)", directory, mode)
         return
@@ -103,14 +109,46 @@ def prepare_directory(directory: str, mode: int) -> None:
         pass
     except OSError as err:
         raise DeviceConfigurationError(f"cannot create socket directory {directory}: {err.strerror}") from err
-    _refuse_unsafe_directory(directory, os.lstat(directory))
+    info = os.lstat(directory)
+    _refuse_unsafe_directory(directory, info)
+    if enforce:
+        _refuse_other_mode(directory, info, mode, group)
 
 
-def check_socket_location(path: str) -> str:
+def _refuse_other_mode(directory: str, info: os.stat_result, mode: int, group: int | None) -> None:
+    have = stat.S_IMODE(info.st_mode)
+    if have != mode:
+        raise DeviceConfigurationError(
+            f"{directory} exists with mode {have:04o}, not the {mode:04o} asked for; "
+            "chmod it, or remove it and let the driver create it"
+        )
+    if group is not None and info.st_gid != group:
+        raise DeviceConfigurationError(
+            f"{directory} exists with group {info.st_gid}, not {group}; "
+            "chgrp it, or remove it and let the driver create it"
+        )
+
+
+def _refuse_unusable_filesystem(directory: str) -> None:
+    """A directory on a filesystem that holds no sockets (proc, sysfs, read-only) is refused by
+    --check-config as bind(2) or mkdir(2) would refuse it, even for root, whom access(2) lets
+    "write" almost anywhere."""
+    probe = directory
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    kind = libc.filesystem_name(probe)
+    if kind is not None:
+        raise DeviceConfigurationError(f"{directory} is on {kind}, which holds no sockets")
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise DeviceConfigurationError(f"{directory} is on a read-only filesystem")
+
+
+def check_socket_location(path: str, *, dir_mode: int = 0o750, group: int | None = None, enforce: bool = False) -> str:
     """The checks `SocketFile` makes, made without creating, locking or unlinking anything (for
     `serve --check-config`); returns the resolved path."""
     path = check_socket_path(path)
     directory = os.path.dirname(path)
+    _refuse_unusable_filesystem(directory)
     try:
         info = os.lstat(directory)
     except FileNotFoundError:
@@ -121,6 +159,8 @@ def check_socket_location(path: str) -> str:
             raise DeviceConfigurationError(f"cannot create socket directory {directory}: permission denied") from None
         return path
     _refuse_unsafe_directory(directory, info)
+    if enforce:
+        _refuse_other_mode(directory, info, dir_mode, group)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise DeviceConfigurationError(f"cannot create the socket in {directory}: permission denied")
     _refuse_non_socket(path)
@@ -138,10 +178,11 @@ class SocketFile:
     _lock_fd: int = -1
     _inode: tuple[int, int] | None = None
 
-    def __init__(self, path: str, *, dir_mode: int) -> None:
+    def __init__(self, path: str, *, dir_mode: int, group: int | None = None, enforce: bool = False) -> None:
         self.path = path
         self.lock_path = path + ".lock"
-        prepare_directory(os.path.dirname(path), dir_mode)
+        self.group = group
+        prepare_directory(os.path.dirname(path), dir_mode, group=group, enforce=enforce)
         self._take_lock()
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
@@ -161,6 +202,8 @@ class SocketFile:
         previous = os.umask(0o777 & ~mode)
         try:
             sock.bind(self.path)
+            if self.group is not None:
+                os.chown(self.path, -1, self.group)
             os.chmod(self.path, mode)
         except OSError as err:
             raise DeviceConfigurationError(f"cannot bind {self.path}: {err.strerror}") from err
