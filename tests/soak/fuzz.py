@@ -388,6 +388,9 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             Path(tmp),
             "--create-timeout",
             str(args.create_timeout),
+            # The path where fds do arrive (kernels before 6.16): with SO_PASSRIGHTS the fd
+            # messages would fail at the sender (tests/soak/attack.py covers both).
+            "--no-passrights",
             interval=args.interval,
             verbosity="",
             prefix=_driver_prefix(args),
