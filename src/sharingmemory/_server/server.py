@@ -48,7 +48,7 @@ from types import FrameType
 from .._defs import NtStatus, RemoteProtocolError, Reply, decode_request, encode_reply
 from .._driver import PEER, Completion, Credentials, Driver, DriverConfig, Handle, HandleState
 from .._sys import Fd, libc, unix
-from .closer import Closer
+from .closer import DEFAULT_BUDGET, Closer
 from .notify import notify
 from .socket_file import SocketFile, check_socket_path
 from .timerfd import MonotonicTimer
@@ -108,6 +108,8 @@ class ServerConfig:
     # Whether `dir_mode` (and the group) were asked for explicitly: an existing directory that
     # differs is then refused, not used as it is.
     enforce_dir: bool = False
+    # fds the closer thread may hold at once (see closer.py); None: its default.
+    closer_budget: int | None = None
 
 
 class _Connection:
@@ -158,7 +160,7 @@ class DeviceServer:
         # Connections left unread because their next message carries fds and the closer has no
         # room (see closer.py); they keep their slots (and so their limits) until then.
         self._parked: dict[int, _Connection] = {}
-        self._closer = Closer(on_room=self._wake)
+        self._closer = Closer(config.closer_budget or DEFAULT_BUDGET, on_room=self._wake)
         self.fds_refused_by_kernel = False
         self._listener_is_ours = listener is None
         self._want_groups = bool(config.driver.policy.gids)

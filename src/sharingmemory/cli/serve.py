@@ -104,6 +104,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "closed by a separate thread, as on older kernels (for testing that path)",
     )
     serve.add_argument(
+        "--closer-budget",
+        type=parse_positive,
+        metavar="N",
+        help="fds that the thread closing clients' unwanted fds may hold at once, where they arrive at all "
+        "(--no-passrights, kernels before 6.16); at least 253, one message's worth (default 1012)",
+    )
+    serve.add_argument(
         "--check-config",
         action="store_true",
         help="check the options and the service manager's environment, print 'configuration OK' and exit; "
@@ -132,6 +139,10 @@ def _policy(args: argparse.Namespace) -> AccessPolicy:
 def cmd_serve(args: argparse.Namespace) -> int:
 
     policy = _policy(args)
+    if args.closer_budget is not None and args.closer_budget < 253:  # SCM_MAX_FD: one message's fds
+        raise CommandError(
+            f"--closer-budget {args.closer_budget} is below 253, the fds one message can carry", EXIT_USAGE
+        )
     group = None if args.socket_group is None else resolve_group(args.socket_group)
     max_handles, max_per_uid = default_handle_limits(raise_fd_limit())
     try:
@@ -145,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         socket_path=args.socket or default_socket_path(), driver=driver,
         socket_mode=args.socket_mode, dir_mode=0o750 if args.dir_mode is None else args.dir_mode,
         create_timeout=args.create_timeout, refuse_fds=args.refuse_fds, socket_group=group,
-        enforce_dir=args.dir_mode is not None or group is not None,
+        enforce_dir=args.dir_mode is not None or group is not None, closer_budget=args.closer_budget,
     )  # fmt: skip
     passed = service_manager(take=not args.check_config)
     config = _under_service_manager(args, config, passed)
