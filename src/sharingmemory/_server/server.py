@@ -371,7 +371,7 @@ class DeviceServer:
                 return
             except OSError as err:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept paused: %s; resumes when a connection closes", err.strerror)
+                    log.warning("accept paused: %s; resumes when a connection closes", err.strerror, extra=PEER)
                     self._selector.unregister(self._listener)
                     self._accept_paused = True
                     return
@@ -483,7 +483,9 @@ class DeviceServer:
         try:
             completion = self.driver.dispatch(connection.handle, request)
         except Exception:  # a driver bug must cost one connection, never the server and its clients
-            log.exception("handle %d: driver failed on %s", connection.handle.handle_id, request.major.name)
+            log.exception(
+                "handle %d: driver failed on %s", connection.handle.handle_id, request.major.name, extra=PEER
+            )
             completion = Completion(NtStatus.STATUS_UNSUCCESSFUL, close_connection=True)
         if connection.handle.state is not HandleState.NEW:
             self._forget_pending(connection)
