@@ -483,9 +483,7 @@ class DeviceServer:
         try:
             completion = self.driver.dispatch(connection.handle, request)
         except Exception:  # a driver bug must cost one connection, never the server and its clients
-            log.exception(
-                "handle %d: driver failed on %s", connection.handle.handle_id, request.major.name, extra=PEER
-            )
+            log.exception("handle %d: driver failed on %s", connection.handle.handle_id, request.major.name, extra=PEER)
             completion = Completion(NtStatus.STATUS_UNSUCCESSFUL, close_connection=True)
         if connection.handle.state is not HandleState.NEW:
             self._forget_pending(connection)
