@@ -12,6 +12,7 @@ the linger time and the second for ever (tests/soak/attack.py has the figures).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
@@ -34,7 +35,7 @@ from tests.soak.attack import (
     send_fds,
     tick_channel_attack,
 )
-from tests.support import DriverProcess, RawConnection, start_driver
+from tests.support import DriverProcess, RawConnection, start_driver, wait_for
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
@@ -167,3 +168,59 @@ def test_a_refused_uid_cannot_stop_the_loop_with_fds(open_dir: Path, mode: str) 
             out, _ = attacker.communicate(timeout=30)
         assert out.strip() == ("refused by the kernel" if mode == "passrights" else "sent")
         assert_loop_turns(driver)
+
+
+def test_fds_sent_by_a_connection_refused_at_accept_do_not_stop_the_loop(attacked: DriverProcess, mode: str) -> None:
+    """The `_refuse` path: over MAX_PENDING_PER_UID connections waiting for CREATE, the next
+    one is answered and closed at accept; its first message carries lingering sockets."""
+    from sharingmemory._server.server import MAX_PENDING_PER_UID
+
+    idle = [RawConnection(attacked.socket_path) for _ in range(MAX_PENDING_PER_UID)]
+    try:
+        for raw in idle:  # each accepted and waiting: one refused request apiece proves it
+            assert raw.request(MajorFunction.IRP_MJ_CLEANUP) is not None
+        with lingering_tcp_sockets(socket.AF_INET, 2) as socks, contextlib.ExitStack() as stack:
+            with driver_stopped(attacked):  # connected and sent before the driver can accept
+                raw = stack.enter_context(RawConnection(attacked.socket_path))
+                outcome = send_fds(raw, [s.fileno() for s in socks], when="now")
+                if outcome == "sent":
+                    for sock in socks:
+                        sock.close()
+            assert outcome == ("refused by the kernel" if mode == "passrights" else "sent")
+            reply = raw.receive()
+            if mode == "passrights":  # no request arrived (the sender got EPERM): closed unanswered
+                assert reply is None
+            else:  # the request is answered, its fds closed by the thread
+                assert reply is not None and reply.status == sharingmemory.NtStatus.STATUS_TOO_MANY_OPENED_FILES
+            for waiting in idle:  # room for the checks' own connections
+                waiting.close()
+            assert wait_for(lambda: _can_open(attacked))
+            assert_loop_turns(attacked)
+    finally:
+        for raw in idle:
+            raw.close()
+
+
+def _can_open(driver: DriverProcess) -> bool:
+    try:
+        with sharingmemory.open_device(driver.socket_path, timeout=2):
+            return True
+    except sharingmemory.TooManyOpenedFiles:
+        return False
+
+
+def test_a_client_playing_with_its_page_fd_reaches_no_one(attacked: DriverProcess) -> None:
+    """The page fds are dups of one O_RDONLY open file the driver holds too: flags, flock and
+    read locks on it change nothing the driver waits on (it only dup(2)s that file)."""
+    with RawConnection(attacked.socket_path) as raw:
+        assert raw.request(MajorFunction.IRP_MJ_CREATE, FILE_READ_DATA) is not None
+        from sharingmemory._defs import IOCTL_GIVE_ME_YOUR_MEMORY
+
+        reply = raw.request(MajorFunction.IRP_MJ_DEVICE_CONTROL, IOCTL_GIVE_ME_YOUR_MEMORY, 8)
+        assert reply is not None and reply.status == 0 and raw.fds
+        page_fd = raw.fds[-1]
+        fcntl.fcntl(page_fd, fcntl.F_SETFL, fcntl.fcntl(page_fd, fcntl.F_GETFL) ^ os.O_NONBLOCK)
+        fcntl.flock(page_fd, fcntl.LOCK_EX)
+        fcntl.lockf(page_fd, fcntl.LOCK_SH)  # F_RDLCK on the whole file, held while this runs
+        for _ in range(3):  # other handles map it while the locks are held
+            assert_loop_turns(attacked)
