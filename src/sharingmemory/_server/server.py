@@ -495,6 +495,8 @@ class DeviceServer:
             self._reply(connection, reply, fd=completion.fd, close=completion.close_connection)
         finally:
             if completion.fd is not None:
+                # Cannot block: a dup of the driver's own page file or the client's end of a new
+                # tick channel (SHUT_RD on our end: nothing is queued on it), never a peer's fd.
                 completion.fd.close()
 
     def _reply(self, connection: _Connection, reply: Reply, *, fd: Fd | None = None, close: bool = False) -> None:

@@ -168,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         """SIGHUP: group names resolved again; the rest of the command line stays as it was."""
         new = dataclasses.replace(config.driver, policy=_policy(args))
         gids = ", ".join(str(gid) for gid in sorted(new.policy.gids)) or "none"
-        return new, f"groups resolved again (gids admitted: {gids})"
+        return new, f"group names resolved again for the access check (gids admitted: {gids})"
 
     with DeviceServer(config, listener=passed.listener, on_reload=reload) as server:
         server.serve_forever()
