@@ -38,18 +38,22 @@ def test_install_unit_writes_both_units_and_says_what_next(tmp_path: Path) -> No
     result = _install("--dir", str(units))
     assert result.returncode == 0, result.stderr
     service, socket_unit = units / "sharingmemory.service", units / "sharingmemory.socket"
+    sysusers = units / "sharingmemory.conf"  # the group the system units serve, beside them with --dir
     assert result.stdout.splitlines() == [
         f"wrote {service}",
         f"wrote {socket_unit}",
+        f"wrote {sysusers}",
         *([line for line in result.stdout.splitlines() if line.startswith("note: ")]),
         "next:",
+        f"  systemd-sysusers {sysusers}",
         "  systemctl daemon-reload",
         "  systemctl enable --now sharingmemory.socket",
+        "  usermod -aG sharingmemory USER   # for each user who may open the device",
     ]
     for path in (service, socket_unit):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
     parsed = _parse_unit(service)
-    assert parsed["Service"]["ExecStart"] == f"{sys.executable} -m sharingmemory serve"
+    assert parsed["Service"]["ExecStart"] == f"{sys.executable} -m sharingmemory serve --socket-group sharingmemory"
     assert parsed["Service"]["Type"] == "notify"
     assert _parse_unit(socket_unit)["Socket"]["ListenSequentialPacket"] == "%t/sharingmemory/SharingMemory"
 
@@ -72,7 +76,7 @@ def test_install_unit_refuses_to_replace_a_different_unit_without_force(tmp_path
     assert forced.returncode == 0, forced.stderr
     assert f"wrote {units / 'sharingmemory.socket'}" in forced.stdout.splitlines()
     assert "%t/sharingmemory/SharingMemory" in (units / "sharingmemory.socket").read_text()
-    assert sorted(os.listdir(units)) == ["sharingmemory.service", "sharingmemory.socket"]  # no temporaries
+    assert sorted(os.listdir(units)) == ["sharingmemory.conf", "sharingmemory.service", "sharingmemory.socket"]
 
 
 def test_install_unit_for_a_user_goes_to_the_users_config(tmp_path: Path) -> None:

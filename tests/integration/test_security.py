@@ -144,11 +144,20 @@ def test_private_writable_mapping_never_reaches_the_page(page_fd: int) -> None:
 # --- fds a client sends ---------------------------------------------------------------------------
 
 
+def _at_eof(fd: int) -> bool:
+    try:
+        return os.read(fd, 1) == b""
+    except BlockingIOError:
+        return False
+
+
 @pytest.mark.parametrize(
     ("when", "count"), [("before-create", 2), ("after-create", 2), ("no-data", 2), ("more-than-fit", 12)]
 )
-def test_fds_sent_by_a_client_are_closed_at_once(driver: DriverProcess, when: str, count: int) -> None:
-    with RawConnection(driver.socket_path) as raw:
+def test_fds_sent_by_a_client_are_closed_at_once(tmp_path: Path, when: str, count: int) -> None:
+    # --no-passrights: the path of kernels before 6.16, where fds do arrive (with SO_PASSRIGHTS
+    # the sender's sendmsg fails: tests/integration/test_peer_fds.py); closed by the closer thread.
+    with start_driver(tmp_path, "--no-passrights") as driver, RawConnection(driver.socket_path) as raw:
         # One reply first, so the driver has accepted the connection before its fds are counted.
         if when == "after-create":
             raw.create()
@@ -172,8 +181,7 @@ def test_fds_sent_by_a_client_are_closed_at_once(driver: DriverProcess, when: st
             for _r, w in pipes:
                 os.close(w)
             # The driver holds no write end: every read end is at end of file, not "would block".
-            for r, _w in pipes:
-                assert os.read(r, 1) == b""
+            assert wait_for(lambda: all(_at_eof(r) for r, _w in pipes))
             after = driver.fds()
             assert not [link for link in after if "client-probe" in link]
             assert not [line for line in driver.memfd_mappings() if "client-probe" in line]

@@ -22,16 +22,17 @@ def test_wait_next_returns_each_new_tick(fast_driver: DriverProcess, no_fd_leak:
         assert all(later > earlier for earlier, later in itertools.pairwise(ticks))
         status = device.query_status()
         assert status.mapped_handles == 1
-    assert "tick eventfd closed" in fast_driver.log()
+    assert "tick channel closed" in fast_driver.log()
 
 
-def test_wait_next_uses_an_eventfd_from_the_driver(fast_driver: DriverProcess) -> None:
+def test_wait_next_uses_a_tick_channel_from_the_driver(fast_driver: DriverProcess) -> None:
+    before = sum(1 for fd in os.listdir("/proc/self/fd") if _link(fd).startswith("socket:"))
     with fast_driver.open() as device:
         page = device.map_shared_memory()
         page.wait_next(timeout=5)
-        eventfds = [fd for fd in os.listdir("/proc/self/fd") if _link(fd) == "anon_inode:[eventfd]"]
-        assert eventfds, "the client holds the driver's eventfd"
-        assert "tick eventfd created" in fast_driver.log()
+        sockets = sum(1 for fd in os.listdir("/proc/self/fd") if _link(fd).startswith("socket:"))
+        assert sockets == before + 2, "the client holds the device socket and its tick channel's end"
+        assert "tick channel created" in fast_driver.log()
 
 
 def test_wait_next_times_out_between_slow_ticks(tmp_path: Path) -> None:
@@ -76,14 +77,15 @@ def test_next_update_in_asyncio(fast_driver: DriverProcess) -> None:
     assert start < first < second
 
 
-def test_a_waiting_handle_that_dies_leaves_no_eventfd_in_the_driver(fast_driver: DriverProcess) -> None:
-    def driver_eventfds() -> int:
-        return sum(1 for link in fast_driver.fds() if link == "anon_inode:[eventfd]")
+def test_a_waiting_handle_that_dies_leaves_no_tick_channel_in_the_driver(fast_driver: DriverProcess) -> None:
+    def driver_sockets() -> int:
+        return sum(1 for link in fast_driver.fds() if link.startswith("socket:"))
 
+    idle = driver_sockets()
     with fast_driver.open() as device:
         device.map_shared_memory().wait_next(timeout=5)
-        assert driver_eventfds() == 1
-    assert wait_for(lambda: driver_eventfds() == 0)
+        assert driver_sockets() == idle + 2  # the connection and the tick channel's end
+    assert wait_for(lambda: driver_sockets() == idle)
 
 
 def _link(fd: str) -> str:

@@ -48,3 +48,9 @@ def test_fuzz_short() -> None:
     """30,000 hostile messages and 200 idle connections while a reader watches every tick."""
     flood = ["--flood-rounds", "1", "--flood-connections", "200", "--create-timeout", "1"]
     _run_suite("fuzz", "--messages", "30000", *flood, *INTERVAL)
+
+
+def test_attack_short() -> None:
+    """Every attack of tests/soak/attack.py against both drivers, each held for a moment, and a
+    short log flood: no tick missed or late, every status answered."""
+    _run_suite("attack", "--hold", "0.2", "--flood", "1500", "--interval", "100ms")

@@ -82,6 +82,6 @@ def required_access(code: int) -> int:
 IOCTL_GIVE_ME_YOUR_MEMORY = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x800, METHOD_BUFFERED, FILE_READ_ACCESS)
 #: The driver's own state (handles, page, timer); see `docs/protocol.md`. 0x00226004.
 IOCTL_QUERY_STATUS = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x801, METHOD_BUFFERED, FILE_READ_ACCESS)
-#: An eventfd the driver signals after each tick (and when the page stops), for readers that
-#: want to wait for the tick instead of sleeping beside it. 0x00226008.
+#: A tick channel the driver makes readable after each tick (and when the page stops), for
+#: readers that want to wait for the tick instead of sleeping beside it. 0x00226008.
 IOCTL_REGISTER_TICK_EVENT = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x802, METHOD_BUFFERED, FILE_READ_ACCESS)

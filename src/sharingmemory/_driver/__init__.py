@@ -15,10 +15,17 @@ from .driver import (
     Handle,
     HandleState,
 )
+from .peer_log import (
+    PEER,
+    PEER_LIMIT,
+    PeerLineLimit,
+)
 
 __all__ = [
     "MAX_INTERVAL_NS",
     "MIN_INTERVAL_NS",
+    "PEER",
+    "PEER_LIMIT",
     "AccessPolicy",
     "Completion",
     "Credentials",
@@ -26,4 +33,5 @@ __all__ = [
     "DriverConfig",
     "Handle",
     "HandleState",
+    "PeerLineLimit",
 ]

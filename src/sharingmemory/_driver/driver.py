@@ -21,11 +21,14 @@ CLOCK_MONOTONIC instant, or None) and the event loop calls `on_timer(now)` when 
 Deadlines advance by whole intervals from the first one, so the tick never drifts; when the loop
 was so late that deadlines were missed, they are skipped (counted as late), not bunched up.
 
-Tick events. A handle may ask for an eventfd (IOCTL_REGISTER_TICK_EVENT) that the driver
-signals after every tick and when the page stops. Each handle gets its own eventfd: one shared
-by all would let any client read away the others' wake-ups or block the driver's writes by
-filling the counter, since an eventfd cannot be handed out read-only. The cost is one write(2)
-per waiting handle per tick; handles that only map the page cost the tick nothing.
+Tick events. A handle may ask for a tick fd (IOCTL_REGISTER_TICK_EVENT) that becomes readable
+after every tick and when the page stops. Each handle gets its own channel, and the driver
+keeps only its own end, an open file description no client holds (`unix.tick_channel`): an
+eventfd's copy shares its O_NONBLOCK flag, so a client could make the driver's write wait for
+ever, and a pipe's writer can be held on the pipe mutex by a client's splice(2). A wake-up
+that cannot be written (EAGAIN: the client did not read; EPIPE: it closed its end) is dropped,
+since the page, not the channel, says whether a tick happened. The cost is one write(2) per
+waiting handle per tick; handles that only map the page cost the tick nothing.
 
 Concurrency: none. The driver is called from one thread, the server's event loop.
 """
@@ -60,9 +63,10 @@ from .._defs import (
     encode_driver_status,
     required_access,
 )
-from .._sys import Fd
+from .._sys import Fd, unix
 from .clock import Clock, SystemClock
 from .memory import SealedMemory
+from .peer_log import PEER
 
 log = logging.getLogger("sharingmemory.driver")
 
@@ -72,15 +76,16 @@ MIN_INTERVAL_NS = 1_000_000
 MAX_INTERVAL_NS = 86_400 * 1_000_000_000
 DEFAULT_INTERVAL_NS = 1_000_000_000
 _POINTER = struct.Struct("<Q")
-_ONE = (1).to_bytes(8, "little")
+_WAKE = b"\1"
 
 
 class Credentials(NamedTuple):
-    """The peer of a connection, as SO_PEERCRED reports it at connect time."""
+    """The peer of a connection, as SO_PEERCRED (and SO_PEERGROUPS) report it at connect time."""
 
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] = frozenset()
 
 
 class Completion(NamedTuple):
@@ -114,18 +119,19 @@ class Handle:
     state: HandleState = HandleState.NEW
     granted_access: int = 0
     mapped: bool = False
-    tick_event: int = -1  # the driver's eventfd for this handle's tick notifications, or -1
+    tick_event: Fd | None = None  # the driver's end of this handle's tick channel
 
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """Who may open the device: these uids, or members (primary gid) of these gids. Root always."""
+    """Who may open the device: these uids, or members of these gids, whether the group is the
+    peer's primary gid or a supplementary one (SO_PEERGROUPS). Root always."""
 
     uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
     gids: frozenset[int] = frozenset()
 
     def allows(self, cred: Credentials) -> bool:
-        return cred.uid == 0 or cred.uid in self.uids or cred.gid in self.gids
+        return cred.uid == 0 or cred.uid in self.uids or cred.gid in self.gids or not self.gids.isdisjoint(cred.groups)
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ class Driver:
         self._next_handle_id = 1
         self._open_per_uid: dict[int, int] = {}
         self._mapped = 0  # handles with `mapped` set; kept as a count so no path walks all handles
-        self._tick_events: dict[int, int] = {}  # handle id -> eventfd, for the handles that asked
+        self._tick_events: dict[int, Fd] = {}  # handle id -> our end of its tick channel
         self._page: _Page | None = None
         self._deadline: int | None = None
         self._ticks = 0
@@ -226,14 +232,17 @@ class Driver:
         if access == 0 or access & ~VALID_ACCESS_MASK:
             return Completion(NtStatus.STATUS_INVALID_PARAMETER, close_connection=True)
         if not self.config.policy.allows(cred):
-            log.info("CREATE refused: uid %d gid %d (pid %d) is not allowed", cred.uid, cred.gid, cred.pid)
+            log.info("CREATE refused: uid %d gid %d (pid %d) is not allowed", cred.uid, cred.gid, cred.pid, extra=PEER)
             return Completion(NtStatus.STATUS_ACCESS_DENIED, close_connection=True)
         if (
             self.open_handles >= self.config.max_handles
             or self._open_per_uid.get(cred.uid, 0) >= self.config.max_handles_per_uid
         ):
             log.warning(
-                "CREATE refused: handle limit reached (uid %d has %d)", cred.uid, self._open_per_uid.get(cred.uid, 0)
+                "CREATE refused: handle limit reached (uid %d has %d)",
+                cred.uid,
+                self._open_per_uid.get(cred.uid, 0),
+                extra=PEER,
             )
             return Completion(NtStatus.STATUS_TOO_MANY_OPENED_FILES, close_connection=True)
         handle.state, handle.granted_access = HandleState.OPEN, access
@@ -265,11 +274,13 @@ class Driver:
     def _cleanup(self, handle: Handle) -> None:
         """IRP_MJ_CLEANUP: release what the handle holds; the last mapped handle frees the page."""
         log.debug("handle %d: cleanup", handle.handle_id)
-        if handle.tick_event >= 0:
+        if handle.tick_event is not None:
             self._tick_events.pop(handle.handle_id, None)
-            os.close(handle.tick_event)
-            handle.tick_event = -1
-            log.debug("handle %d: tick eventfd closed", handle.handle_id)
+            # Cannot block: the last close of a socket shut for reading, with nothing queued for
+            # us (the client's sends get EPIPE), drops no peer fd and waits for nothing.
+            handle.tick_event.close()
+            handle.tick_event = None
+            log.debug("handle %d: tick channel closed", handle.handle_id)
         if handle.mapped:
             handle.mapped = False
             self._mapped -= 1
@@ -303,7 +314,7 @@ class Driver:
             assert self._page is not None
             fd = Fd(self._page.memory.open_reader_fd())
         except OSError as err:
-            log.error("IOCTL_GIVE_ME_YOUR_MEMORY failed for handle %d: %s", handle.handle_id, err)
+            log.error("IOCTL_GIVE_ME_YOUR_MEMORY failed for handle %d: %s", handle.handle_id, err, extra=PEER)
             if created and self._mapped == 0:
                 self._free_page()
             return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
@@ -314,25 +325,30 @@ class Driver:
         return Completion(NtStatus.STATUS_SUCCESS, _POINTER.size, _POINTER.pack(PAGE_SIZE), fd)
 
     def _ioctl_register_tick_event(self, handle: Handle, request: Request) -> Completion:
-        """An fd of this handle's tick eventfd (created on first request). Only a handle that
-        holds the page can wait for its ticks: STATUS_INVALID_DEVICE_STATE otherwise."""
+        """The client's end of a new tick channel for this handle. Only a handle that holds the
+        page can wait for its ticks: STATUS_INVALID_DEVICE_STATE otherwise. Asked again, the
+        handle gets a new channel and the old one is closed (its reader sees end of file), so
+        the driver never keeps a second end of anything it handed out."""
         if not handle.mapped:
             return Completion(NtStatus.STATUS_INVALID_DEVICE_STATE)
         try:
-            if handle.tick_event < 0:
-                handle.tick_event = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-                self._tick_events[handle.handle_id] = handle.tick_event
-                log.debug("handle %d: tick eventfd created", handle.handle_id)
-            fd = Fd(os.dup(handle.tick_event))  # non-inheritable, as every fd Python creates
+            ours, theirs = unix.tick_channel()
         except OSError as err:
-            log.error("IOCTL_REGISTER_TICK_EVENT failed for handle %d: %s", handle.handle_id, err)
+            log.error("IOCTL_REGISTER_TICK_EVENT failed for handle %d: %s", handle.handle_id, err, extra=PEER)
             return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
-        return Completion(NtStatus.STATUS_SUCCESS, 0, b"", fd)
+        if handle.tick_event is not None:
+            handle.tick_event.close()  # cannot block: see _cleanup
+        handle.tick_event = ours
+        self._tick_events[handle.handle_id] = ours
+        log.debug("handle %d: tick channel created", handle.handle_id)
+        return Completion(NtStatus.STATUS_SUCCESS, 0, b"", theirs)
 
     def _signal_tick_events(self) -> None:
+        """One wake-up per channel; never waits (see the module docstring). EAGAIN (not read),
+        EPIPE (closed), ENOBUFS/ENOMEM: the page still says what happened, so nothing is lost."""
         for fd in self._tick_events.values():
-            with contextlib.suppress(BlockingIOError):  # counter full: only its own client can do that
-                os.write(fd, _ONE)
+            with contextlib.suppress(OSError):
+                os.write(fd.fileno(), _WAKE)
 
     def _ioctl_query_status(self, handle: Handle, request: Request) -> Completion:
         """The driver's state. A buffer shorter than the struct gets the prefix that fits and

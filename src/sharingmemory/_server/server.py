@@ -15,6 +15,19 @@ death.
 A peer that does not read its replies (the send would block) or sends garbage it cannot frame is
 dropped; it can never stall the loop or the other clients. Connections that send no CREATE
 within `create_timeout` are closed.
+
+Nothing a peer can influence may make the loop wait. Where each system call a peer can touch
+stands, and why it cannot wait:
+
+* accept/recvmsg/sendmsg: every socket is O_NONBLOCK; a full peer is EAGAIN and is dropped.
+* fds a peer sends: refused by the kernel (SO_PASSRIGHTS off, Linux 6.16+: the sender gets
+  EPERM); where that is missing, received fds and sockets with fds still queued are closed by
+  `Closer`'s thread, within a budget (see closer.py), never here.
+* the tick: the driver writes only to its own end of each handle's tick channel (driver.py).
+* the page fd: sent, then closed here: a dup of our own memfd, whose last reference we keep.
+* log lines a peer can cause: rate-limited (`PEER_LIMIT`), since stderr may be a pipe nobody
+  drains and logging's write is blocking.
+* SO_PEERCRED/SO_PEERGROUPS: read from the kernel's copy taken at connect time.
 """
 
 from __future__ import annotations
@@ -33,8 +46,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from .._defs import NtStatus, RemoteProtocolError, Reply, decode_request, encode_reply
-from .._driver import Completion, Credentials, Driver, DriverConfig, Handle, HandleState
-from .._sys import Fd, close_all, libc, unix
+from .._driver import PEER, Completion, Credentials, Driver, DriverConfig, Handle, HandleState
+from .._sys import Fd, libc, unix
+from .closer import DEFAULT_BUDGET, Closer
 from .notify import notify
 from .socket_file import SocketFile, check_socket_path
 from .timerfd import MonotonicTimer
@@ -49,7 +63,7 @@ _MESSAGES_PER_WAKEUP = 8
 FD_RESERVE = 64
 #: Connections one uid may hold before their CREATE (a burst of honest clients stays far below).
 MAX_PENDING_PER_UID = 256
-#: fds one handle may hold at most: its socket and its tick eventfd.
+#: fds one handle may hold at most: its socket and its tick channel's end.
 FDS_PER_HANDLE = 2
 
 
@@ -86,17 +100,29 @@ class ServerConfig:
     create_timeout: float = 5.0
     # Seconds between WATCHDOG=1 notifications (half the service's WatchdogSec=); None: no watchdog.
     watchdog_interval: float | None = None
+    # Turn SO_PASSRIGHTS off where the kernel has it; False exercises the closer thread alone,
+    # as on kernels before 6.16 (`serve --no-passrights`, for tests).
+    refuse_fds: bool = True
+    # The group the socket and a directory it creates get (`serve --socket-group`); None: ours.
+    socket_group: int | None = None
+    # Whether `dir_mode` (and the group) were asked for explicitly: an existing directory that
+    # differs is then refused, not used as it is.
+    enforce_dir: bool = False
+    # fds the closer thread may hold at once (see closer.py); None: its default.
+    closer_budget: int | None = None
 
 
 class _Connection:
-    """One accepted socket and its handle; `idle_deadline` is when it is dropped without CREATE."""
+    """One accepted socket and its handle; `idle_deadline` is when it is dropped without CREATE;
+    `counted_pending` whether it counts against its uid's MAX_PENDING_PER_UID."""
 
-    __slots__ = ("handle", "idle_deadline", "sock")
+    __slots__ = ("counted_pending", "handle", "idle_deadline", "sock")
 
     def __init__(self, sock: socket.socket, handle: Handle, idle_deadline: float) -> None:
         self.sock = sock
         self.handle = handle
         self.idle_deadline = idle_deadline
+        self.counted_pending = True
 
 
 class DeviceServer:
@@ -115,8 +141,13 @@ class DeviceServer:
         listener: socket.socket | None = None,
         handle_signals: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        on_reload: Callable[[], tuple[DriverConfig, str]] | None = None,
     ) -> None:
+        """`on_reload`, called on SIGHUP, re-reads what may change while the driver runs and
+        returns the driver's new configuration and what it re-read, for the log line."""
         self.config = config
+        self._on_reload = on_reload
+        self._reload_requested = False
         self._clock = clock
         self._handle_signals = handle_signals
         self._socket_file: SocketFile | None = None
@@ -126,6 +157,13 @@ class DeviceServer:
         # costs more with many open handles.
         self._pending: dict[int, _Connection] = {}
         self._pending_per_uid: dict[int, int] = {}
+        # Connections left unread because their next message carries fds and the closer has no
+        # room (see closer.py); they keep their slots (and so their limits) until then.
+        self._parked: dict[int, _Connection] = {}
+        self._closer = Closer(config.closer_budget or DEFAULT_BUDGET, on_room=self._wake)
+        self.fds_refused_by_kernel = False
+        self._listener_is_ours = listener is None
+        self._want_groups = bool(config.driver.policy.gids)
         self._selector = selectors.DefaultSelector()
         self._stopping: str | None = None
         self._accept_paused = False
@@ -135,7 +173,9 @@ class DeviceServer:
         try:
             if listener is None:
                 path = check_socket_path(config.socket_path)
-                self._socket_file = SocketFile(path, dir_mode=config.dir_mode)
+                self._socket_file = SocketFile(
+                    path, dir_mode=config.dir_mode, group=config.socket_group, enforce=config.enforce_dir
+                )
                 listener = unix.seqpacket_socket()
                 try:
                     self._socket_file.bind(listener, config.socket_mode)
@@ -147,6 +187,11 @@ class DeviceServer:
             else:
                 self.socket_path = config.socket_path
             self._listener = listener
+            if config.refuse_fds:
+                # Inherited by every socket accept() returns, and covers a message sent between
+                # connect and accept (tried on 6.18); a passed listener may hold connections made
+                # before this, which is why `_add_connection` sets it again.
+                self.fds_refused_by_kernel = unix.refuse_passed_fds(listener)
             listener.setblocking(False)
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
@@ -157,7 +202,12 @@ class DeviceServer:
         except BaseException:
             self._release()
             raise
-        log.info("device %s ready (driver pid %d)", self.socket_path, os.getpid())
+        log.info(
+            "device %s ready (driver pid %d; peers' fds %s)",
+            self.socket_path,
+            os.getpid(),
+            "refused by the kernel (SO_PASSRIGHTS)" if self.fds_refused_by_kernel else "closed off the loop",
+        )
 
     def __enter__(self) -> DeviceServer:
         return self
@@ -170,6 +220,10 @@ class DeviceServer:
     def stop(self, reason: str = "stop requested") -> None:
         """Ask the loop to finish; safe from a signal handler or another thread."""
         self._stopping = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make select() return; from any thread. Non-blocking: a full pair is awake already."""
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
@@ -179,6 +233,7 @@ class DeviceServer:
         if self._handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
             previous_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         with contextlib.suppress(OSError):  # not fatal: the tick is a timerfd; slack touches other waits
             libc.set_timer_slack(1)
@@ -213,6 +268,10 @@ class DeviceServer:
             callback: Callable[[object], None] = key.data
             callback(key.fileobj)
         self._expire_idle()
+        if self._reload_requested:
+            self.reload()
+        if self._parked and self._closer.has_room():
+            self._unpark()
         self._sync_timer()
         self._feed_watchdog()
 
@@ -245,6 +304,33 @@ class DeviceServer:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop(signal.Signals(signum).name)
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: the conventional "re-read your configuration", never a reason to exit. Only
+        a flag here; the loop does the work between two rounds (`reload`)."""
+        self._reload_requested = True
+        self._wake()
+
+    def reload(self) -> str:
+        """Re-read what can change at run time: the local time zone (tzset(3): a changed
+        /etc/localtime or zone rules show at the next tick) and whatever `on_reload` re-reads
+        (group names). Everything else needs a restart. Returns the log line."""
+        self._reload_requested = False
+        time.tzset()
+        zone = f"time zone re-read ({time.strftime('%Z %z')})"
+        done = [zone]
+        if self._on_reload is not None:
+            try:
+                config, what = self._on_reload()
+            except Exception as err:  # a bad edit must not take the driver down with it
+                done.append(f"the rest kept: {err}")
+            else:
+                self.driver.config = config
+                self._want_groups = bool(config.policy.gids)
+                done.append(what)
+        line = "SIGHUP: " + "; ".join(done) + "; other settings need a restart"
+        log.info("%s", line)
+        return line
 
     def _on_wakeup(self, _sock: object) -> None:
         try:
@@ -285,7 +371,7 @@ class DeviceServer:
                 return
             except OSError as err:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept paused: %s; resumes when a connection closes", err.strerror)
+                    log.warning("accept paused: %s; resumes when a connection closes", err.strerror, extra=PEER)
                     self._selector.unregister(self._listener)
                     self._accept_paused = True
                     return
@@ -297,17 +383,22 @@ class DeviceServer:
     def _add_connection(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         try:
+            if self.fds_refused_by_kernel and not self._listener_is_ours:
+                unix.refuse_passed_fds(sock)  # for a passed listener's connections made earlier
             pid, uid, gid = unix.peer_credentials(sock)
+            groups = unix.peer_groups(sock) if self._want_groups else frozenset[int]()
         except OSError:
-            sock.close()
+            self._close_socket(sock)
             return
         if self._pending_per_uid.get(uid, 0) >= MAX_PENDING_PER_UID:
             # The handle limits count CREATEd handles; this bounds what one uid can hold before
             # CREATE, so an idle-connection flood costs only its own uid the wait for a slot.
-            log.debug("connection from uid %d refused: %d already waiting for CREATE", uid, MAX_PENDING_PER_UID)
+            log.info(
+                "connection from uid %d refused: %d already waiting for CREATE", uid, MAX_PENDING_PER_UID, extra=PEER
+            )
             self._refuse(sock, NtStatus.STATUS_TOO_MANY_OPENED_FILES)
             return
-        handle = self.driver.connect(Credentials(pid, uid, gid))
+        handle = self.driver.connect(Credentials(pid, uid, gid, groups))
         deadline = self._clock() + self.config.create_timeout
         connection = _Connection(sock, handle, deadline)
         self._connections[sock.fileno()] = connection
@@ -321,16 +412,24 @@ class DeviceServer:
         the connect) with `status`, then close it. Closing with that request unread would reset
         the peer's connection (ECONNRESET) instead of telling it why."""
         with contextlib.suppress(OSError):
-            message = unix.receive(sock)
-            close_all(message.fds)
-            if message.data and not message.oversized:
+            message = self._closer.receive(sock)  # its fds, if any, go to the closer's thread
+            if message is not None and message.data and not message.oversized:
                 try:
                     request = decode_request(message.data)
                     major, request_id = int(request.major), request.request_id
                 except RemoteProtocolError as err:
                     major, request_id = err.major, err.request_id
                 unix.send(sock, encode_reply(Reply(major, request_id, status)))
-        sock.close()
+        self._close_socket(sock)
+
+    def _close_socket(self, sock: socket.socket) -> None:
+        """Close a peer's socket without ever running the final close of an fd the peer queued
+        on it. With SO_PASSRIGHTS off on our own listener, no message on it can carry fds, and
+        an AF_UNIX socket's release waits for nothing; otherwise `Closer` decides."""
+        if self.fds_refused_by_kernel and self._listener_is_ours:
+            sock.close()
+        else:
+            self._closer.close_connection(sock)
 
     def _on_readable(self, sock: object) -> None:
         """Serve the requests waiting on one connection, a few at a time: a client that sends
@@ -342,17 +441,26 @@ class DeviceServer:
             if connection is None or self._connections.get(sock.fileno()) is not connection:
                 return  # dropped by the last message
             try:
-                message = unix.receive(sock)
+                message = self._closer.receive(sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
                 log.debug("handle %d: receive failed: %s", connection.handle.handle_id, err)
                 self._drop(connection)
                 return
+            if message is None:
+                self._park(connection)
+                return
             if message.fds:
-                # Requests never carry fds: close them unread, and refuse the request below.
-                close_all(message.fds)
-                log.debug("handle %d: closed %d unexpected fd(s)", connection.handle.handle_id, len(message.fds))
+                # Requests never carry fds: the closer's thread closes them unread (close(2) of a
+                # peer's fd can wait), and the request is refused below.
+                log.info(
+                    "handle %d (uid %d): %d unexpected fd(s) closed unread",
+                    connection.handle.handle_id,
+                    connection.handle.credentials.uid,
+                    len(message.fds),
+                    extra=PEER,
+                )
             if not message.data and not message.fds and not message.oversized:
                 self._drop(connection)  # end of file: the peer closed or died
                 return
@@ -375,7 +483,7 @@ class DeviceServer:
         try:
             completion = self.driver.dispatch(connection.handle, request)
         except Exception:  # a driver bug must cost one connection, never the server and its clients
-            log.exception("handle %d: driver failed on %s", connection.handle.handle_id, request.major.name)
+            log.exception("handle %d: driver failed on %s", connection.handle.handle_id, request.major.name, extra=PEER)
             completion = Completion(NtStatus.STATUS_UNSUCCESSFUL, close_connection=True)
         if connection.handle.state is not HandleState.NEW:
             self._forget_pending(connection)
@@ -387,6 +495,8 @@ class DeviceServer:
             self._reply(connection, reply, fd=completion.fd, close=completion.close_connection)
         finally:
             if completion.fd is not None:
+                # Cannot block: a dup of the driver's own page file or the client's end of a new
+                # tick channel (SHUT_RD on our end: nothing is queued on it), never a peer's fd.
                 completion.fd.close()
 
     def _reply(self, connection: _Connection, reply: Reply, *, fd: Fd | None = None, close: bool = False) -> None:
@@ -404,15 +514,37 @@ class DeviceServer:
         if self._connections.pop(fileno, None) is None:
             return
         self._forget_pending(connection)
-        self._selector.unregister(connection.sock)
+        if self._parked.pop(fileno, None) is None:
+            self._selector.unregister(connection.sock)
         self.driver.disconnect(connection.handle)
-        connection.sock.close()
+        self._close_socket(connection.sock)
         if self._accept_paused:
             self._accept_paused = False
             self._selector.register(self._listener, selectors.EVENT_READ, self._on_accept)
 
+    def _park(self, connection: _Connection) -> None:
+        """Leave a connection unread until the closer has room (its next message carries fds).
+        Out of `_pending`, so its idle deadline cannot drop it meanwhile (that would queue its
+        socket, fds and all, for the closer beyond the budget), but still counted per uid."""
+        fileno = connection.sock.fileno()
+        self._selector.unregister(connection.sock)
+        self._pending.pop(fileno, None)
+        self._parked[fileno] = connection
+        log.info("closer busy: handle %d left unread until it has room", connection.handle.handle_id, extra=PEER)
+
+    def _unpark(self) -> None:
+        parked, self._parked = self._parked, {}
+        deadline = self._clock() + self.config.create_timeout  # later than every pending one
+        for fileno, connection in parked.items():
+            self._selector.register(connection.sock, selectors.EVENT_READ, self._on_readable)
+            if connection.counted_pending:
+                connection.idle_deadline = deadline
+                self._pending[fileno] = connection
+
     def _forget_pending(self, connection: _Connection) -> None:
-        if self._pending.pop(connection.sock.fileno(), None) is not None:
+        self._pending.pop(connection.sock.fileno(), None)
+        if connection.counted_pending:
+            connection.counted_pending = False
             uid = connection.handle.credentials.uid
             self._pending_per_uid[uid] -= 1
             if not self._pending_per_uid[uid]:
@@ -443,6 +575,7 @@ class DeviceServer:
             driver.unload()
         for connection in list(self._connections.values()):
             self._drop(connection)
+        self._closer.stop()
         self._release()
 
     def _release(self) -> None:

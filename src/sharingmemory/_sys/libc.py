@@ -8,7 +8,9 @@ functions do; no other module touches ctypes. What is here and why:
 * `timerfd_create(2)` / `timerfd_settime(2)`: `os.timerfd_create` only arrives in Python 3.13;
 * `prctl(PR_SET_TIMERSLACK)`: how late the kernel may wake the driver's timed waits;
 * `buffer_address`: where a (possibly read-only) buffer lives, for the seed's "address of the
-  page" contract; `ctypes.c_char.from_buffer` insists on a writable buffer.
+  page" contract; `ctypes.c_char.from_buffer` insists on a writable buffer;
+* `statfs(2)`'s f_type (`filesystem_name`), which `os.statvfs` does not report: whether a
+  directory is on a pseudo filesystem that can hold no socket.
 
 ctypes releases the GIL around each foreign call, so none of these holds up another thread.
 """
@@ -51,6 +53,8 @@ _libc.timerfd_settime.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.POINTER(_It
 _libc.timerfd_settime.restype = ctypes.c_int
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _libc.prctl.restype = ctypes.c_int
+_libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
+_libc.statfs.restype = ctypes.c_int
 
 
 def _check(result: int) -> int:
@@ -88,6 +92,24 @@ def timerfd_settime(fd: int, flags: int, value_ns: int) -> None:
     spec = _Itimerspec()
     spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(value_ns, 1_000_000_000)
     _check(_libc.timerfd_settime(fd, flags, ctypes.byref(spec), None))
+
+
+#: statfs(2) f_type magic numbers (linux/magic.h) of filesystems where no socket can be bound.
+_PSEUDO_FILESYSTEMS: Final = {
+    0x9FA0: "proc", 0x62656572: "sysfs", 0x63677270: "cgroup2", 0x27E0EB: "cgroup", 0x1CD1: "devpts",
+    0x73636673: "securityfs", 0x64626720: "debugfs", 0x74726163: "tracefs", 0xCAFE4A11: "bpf",
+    0x6165676C: "pstore", 0xDE5E81E4: "efivarfs", 0x62656570: "configfs", 0x65735543: "fusectl",
+    0xF97CFF8C: "selinuxfs",
+}  # fmt: skip
+
+
+def filesystem_name(path: str) -> str | None:
+    """The name of the pseudo filesystem `path` is on (proc, sysfs...), or None for any other.
+    Raises OSError as statfs(2) does."""
+    buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86-64; f_type first
+    _check(_libc.statfs(os.fsencode(path), buffer))
+    f_type = ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+    return _PSEUDO_FILESYSTEMS.get(f_type)
 
 
 def set_timer_slack(slack_ns: int) -> None:

@@ -14,6 +14,7 @@ server and the client alike:
 from __future__ import annotations
 
 import array
+import errno
 import socket
 import struct
 from typing import NamedTuple
@@ -32,6 +33,16 @@ _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _INT_SIZE = array.array("i").itemsize
 _MAX_FDS = 4  # room for a few fds, so a sender's extra fds are received (and closed), not lost
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+#: The most fds one SCM_RIGHTS message can carry (SCM_MAX_FD, include/net/scm.h). A receiver
+#: that must never run the final close of a peer's fd receives all of them: the fds that do not
+#: fit the control buffer are dropped by the kernel *in the receiver's own recvmsg* (fput).
+SCM_MAX_FD = 253
+#: unix(7) SO_PASSRIGHTS (Linux 6.16): 0 makes the kernel refuse SCM_RIGHTS to this socket with
+#: EPERM at the sender, so no fd ever reaches us; accepted sockets inherit it from the listener.
+SO_PASSRIGHTS = 83
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_MSG_PEEK_DONTWAIT = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+_QUEUED_ANCILLARY_SIZE = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(SCM_MAX_FD * _INT_SIZE)
 
 
 class Received(NamedTuple):
@@ -56,10 +67,47 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def receive(sock: socket.socket) -> Received:
-    """One message and the fds that came with it. Raises OSError as recvmsg does; an empty
-    `data` with no fds is end of file."""
-    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1, _ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The peer's supplementary groups at connect time, from SO_PEERGROUPS (Linux 4.13+): what
+    `usermod -aG` gives a user, which SO_PEERCRED's one gid does not show. Empty where the
+    kernel lacks the option."""
+    for count in (64, 65536):  # NGROUPS_MAX is 65536; ERANGE says the first guess was short
+        try:
+            raw = sock.getsockopt(_SOL_SOCKET, SO_PEERGROUPS, count * _INT_SIZE)
+        except OSError as err:
+            if err.errno == errno.ERANGE:
+                continue
+            if err.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+                return frozenset()
+            raise
+        return frozenset(array.array("i", raw[: len(raw) - len(raw) % _INT_SIZE]))
+    return frozenset()
+
+
+def refuse_passed_fds(sock: socket.socket) -> bool:
+    """Set SO_PASSRIGHTS to 0 on `sock`: whether the kernel has the option (6.16+)."""
+    try:
+        sock.setsockopt(_SOL_SOCKET, SO_PASSRIGHTS, 0)
+    except OSError as err:
+        if err.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def next_carries_fds(sock: socket.socket) -> bool:
+    """Whether the next queued message carries fds, without taking them: a MSG_PEEK with no
+    control buffer reports MSG_CTRUNC and drops only the peeked duplicates, whose fput is never
+    the final one (the queued message still holds its references). BlockingIOError when empty."""
+    _data, _anc, flags, _addr = sock.recvmsg(1, 0, _MSG_PEEK_DONTWAIT)
+    return bool(flags & _MSG_CTRUNC)
+
+
+def receive(sock: socket.socket, *, max_fds: int = _MAX_FDS) -> Received:
+    """One message and the fds that came with it (up to `max_fds`; the kernel closes the rest).
+    Raises OSError as recvmsg does; an empty `data` with no fds is end of file."""
+    ancillary = _ANCILLARY_SIZE if max_fds == _MAX_FDS else socket.CMSG_SPACE(max_fds * _INT_SIZE)
+    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1, ancillary, _MSG_CMSG_CLOEXEC)
     fds: list[Fd] = []
     for level, kind, payload in ancdata:
         if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
@@ -75,3 +123,52 @@ def send(sock: socket.socket, data: bytes, fd: Fd | None = None) -> None:
         sock.sendmsg([data])
     else:
         sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd.fileno()]))])
+
+
+def stop_receiving(sock: socket.socket) -> None:
+    """shutdown(SHUT_RD), so that the peer's sends fail with EPIPE and the queue can only shrink,
+    and SO_PASSCRED, so that `receive_queued` can tell a queued message from end of file: after
+    SHUT_RD both read as 0 bytes, but every queued message then carries SCM_CREDENTIALS."""
+    sock.shutdown(socket.SHUT_RD)
+    sock.setsockopt(_SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+
+def receive_queued(sock: socket.socket) -> Received | None:
+    """The next message still queued on a socket after `stop_receiving`, with every fd it
+    carries (up to SCM_MAX_FD, all a message can hold), or None once the queue is empty."""
+    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1, _QUEUED_ANCILLARY_SIZE, _MSG_CMSG_CLOEXEC)
+    if not ancdata:
+        return None
+    fds: list[Fd] = []
+    for level, kind, payload in ancdata:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            usable = len(payload) - len(payload) % _INT_SIZE
+            fds.extend(map(Fd, array.array("i", payload[:usable])))
+    return Received(data, fds, bool(flags & _MSG_TRUNC) or len(data) > MAX_MESSAGE_SIZE, bool(flags & _MSG_CTRUNC))
+
+
+def tick_channel() -> tuple[Fd, Fd]:
+    """(the driver's end, the client's end) of a one-way wake-up channel: a SEQPACKET
+    socketpair whose driver end is shut for reading and refuses fds.
+
+    Why not an eventfd or a pipe: the driver must never write to an open file description a
+    client holds (an eventfd's copy shares its O_NONBLOCK flag and counter), nor to an object a
+    client can lock: pipe_write(2) takes the pipe's mutex even with O_NONBLOCK, and a client
+    that splice(2)s its read end into a full blocking socket holds that mutex for as long as it
+    likes (tried: the driver's write then waited). A unix socket's sendmsg with MSG_DONTWAIT
+    takes only the peer's state spinlock; a full buffer is EAGAIN, a closed peer EPIPE. Shut for
+    reading, our end cannot be sent anything (the client's send gets EPIPE), so closing it never
+    drops a client's fd either. The small send buffer bounds the wake-ups waiting to be read.
+    Both ends are O_NONBLOCK, each on its own open file description: the writer uses
+    os.write(2), which on a non-blocking socket is a MSG_DONTWAIT send.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        ours.shutdown(socket.SHUT_RD)
+        refuse_passed_fds(ours)
+        ours.setsockopt(_SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's minimum: a few messages
+        return Fd(ours.detach()), Fd(theirs.detach())
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise

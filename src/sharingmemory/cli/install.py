@@ -27,7 +27,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     install.add_argument(
         "--dir",
         metavar="DIR",
-        help="where to write them (default /etc/systemd/system, with --user ~/.config/systemd/user)",
+        help="where to write them (default /etc/systemd/system, with --user ~/.config/systemd/user); "
+        "the system install's sysusers.d snippet sharingmemory.conf goes to /etc/sysusers.d, or into DIR too",
     )
     install.add_argument("--force", action="store_true", help="replace existing units that differ")
     install.set_defaults(func=cmd_install_unit)
@@ -45,9 +46,14 @@ def cmd_install_unit(args: argparse.Namespace) -> int:
     needed = [os.path.realpath(python), sys.prefix, sys.base_prefix, os.path.dirname(os.path.abspath(__file__))]
     files = _units.units(python, user=args.user, needed_paths=needed, version=__version__)
     directory = os.path.abspath(args.dir or (_user_unit_dir() if args.user else _units.SYSTEM_UNIT_DIR))
+    targets = [(os.path.join(directory, name), text) for name, text in files.items()]
+    if not args.user:
+        # The group the system units serve: beside the units with --dir (for a package or an
+        # image to put in place), else where systemd-sysusers looks.
+        sysusers_dir = directory if args.dir else _units.SYSUSERS_DIR
+        targets.append((os.path.join(sysusers_dir, _units.SYSUSERS_FILE), _units.sysusers_snippet(version=__version__)))
     plan: list[tuple[str, str | None]] = []
-    for name, text in files.items():
-        path = os.path.join(directory, name)
+    for path, text in targets:
         try:
             with open(path, encoding="utf-8") as existing:
                 current: str | None = existing.read()
@@ -59,7 +65,8 @@ def cmd_install_unit(args: argparse.Namespace) -> int:
             raise CommandError(f"{path} exists and differs from the unit to write; --force replaces it")
         plan.append((path, None if current == text else text))
     try:
-        os.makedirs(directory, 0o755, exist_ok=True)
+        for path, _content in plan:
+            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
         for path, content in plan:
             if content is not None:
                 _write_file(path, content)
@@ -73,8 +80,12 @@ def cmd_install_unit(args: argparse.Namespace) -> int:
         print(f"note: ProtectHome={home}, since this Python lives under a home directory")
     systemctl = "systemctl --user" if args.user else "systemctl"
     print("next:")
+    if not args.user:
+        print(f"  systemd-sysusers{'' if not args.dir else ' ' + plan[-1][0]}")
     print(f"  {systemctl} daemon-reload")
     print(f"  {systemctl} enable --now {_units.SOCKET_UNIT}")
+    if not args.user:
+        print(f"  usermod -aG {_units.GROUP} USER   # for each user who may open the device")
     return EXIT_OK
 
 

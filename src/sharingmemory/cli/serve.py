@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import grp
 import logging
 import os
 
@@ -52,7 +53,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="GID",
-        help="also let this primary gid open the device (repeatable)",
+        help="also let members of this gid open the device, whether it is their primary or a supplementary "
+        "group (repeatable)",
+    )
+    serve.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="give the socket and its directory this group (name or number; modes 0660 and 0750 by default) "
+        "and let its members open the device; the name is resolved again on SIGHUP",
     )
     serve.add_argument(
         "--max-handles",
@@ -84,9 +92,23 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "--dir-mode",
         type=parse_octal_mode,
-        default=0o750,
         metavar="MODE",
-        help="mode of a socket directory it creates (default 0750)",
+        help="mode of a socket directory it creates (default 0750); when given, or with --socket-group, an "
+        "existing directory with another mode or group is refused, never used as it is",
+    )
+    serve.add_argument(
+        "--no-passrights",
+        dest="refuse_fds",
+        action="store_false",
+        help="do not set SO_PASSRIGHTS (Linux 6.16+) on the socket: fds a client sends are then received and "
+        "closed by a separate thread, as on older kernels (for testing that path)",
+    )
+    serve.add_argument(
+        "--closer-budget",
+        type=parse_positive,
+        metavar="N",
+        help="fds that the thread closing clients' unwanted fds may hold at once, where they arrive at all "
+        "(--no-passrights, kernels before 6.16); at least 253, one message's worth (default 1012)",
     )
     serve.add_argument(
         "--check-config",
@@ -97,9 +119,31 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(func=cmd_serve)
 
 
+def resolve_group(name: str) -> int:
+    """The gid of a group name (or a number), or a usage error naming it."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise CommandError(f"--socket-group {name}: no such group", EXIT_USAGE) from None
+
+
+def _policy(args: argparse.Namespace) -> AccessPolicy:
+    gids = {*args.allow_gid}
+    if args.socket_group is not None:
+        gids.add(resolve_group(args.socket_group))
+    return AccessPolicy(uids=frozenset({os.getuid(), *args.allow_uid}), gids=frozenset(gids))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
 
-    policy = AccessPolicy(uids=frozenset({os.getuid(), *args.allow_uid}), gids=frozenset(args.allow_gid))
+    policy = _policy(args)
+    if args.closer_budget is not None and args.closer_budget < 253:  # SCM_MAX_FD: one message's fds
+        raise CommandError(
+            f"--closer-budget {args.closer_budget} is below 253, the fds one message can carry", EXIT_USAGE
+        )
+    group = None if args.socket_group is None else resolve_group(args.socket_group)
     max_handles, max_per_uid = default_handle_limits(raise_fd_limit())
     try:
         driver = DriverConfig(
@@ -110,14 +154,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(str(err), EXIT_USAGE) from err
     config = ServerConfig(
         socket_path=args.socket or default_socket_path(), driver=driver,
-        socket_mode=args.socket_mode, dir_mode=args.dir_mode, create_timeout=args.create_timeout,
+        socket_mode=args.socket_mode, dir_mode=0o750 if args.dir_mode is None else args.dir_mode,
+        create_timeout=args.create_timeout, refuse_fds=args.refuse_fds, socket_group=group,
+        enforce_dir=args.dir_mode is not None or group is not None, closer_budget=args.closer_budget,
     )  # fmt: skip
     passed = service_manager(take=not args.check_config)
     config = _under_service_manager(args, config, passed)
     if args.check_config:
         print(f"configuration OK: {_describe_serve(config, passed)}")
         return EXIT_OK
-    with DeviceServer(config, listener=passed.listener) as server:
+
+    def reload() -> tuple[DriverConfig, str]:
+        """SIGHUP: group names resolved again; the rest of the command line stays as it was."""
+        new = dataclasses.replace(config.driver, policy=_policy(args))
+        gids = ", ".join(str(gid) for gid in sorted(new.policy.gids)) or "none"
+        return new, f"group names resolved again for the access check (gids admitted: {gids})"
+
+    with DeviceServer(config, listener=passed.listener, on_reload=reload) as server:
         server.serve_forever()
     return EXIT_OK
 
@@ -134,7 +187,9 @@ def _under_service_manager(args: argparse.Namespace, config: ServerConfig, passe
         if passed.socket_name is None:
             _check_modes(config)
             if args.check_config:
-                check_socket_location(config.socket_path)
+                check_socket_location(
+                    config.socket_path, dir_mode=config.dir_mode, group=config.socket_group, enforce=config.enforce_dir
+                )
             return config
         if args.socket and os.path.abspath(args.socket) != passed.socket_name:
             raise CommandError(

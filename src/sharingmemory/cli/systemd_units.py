@@ -11,6 +11,11 @@ Theory of operation. The seed's program registers and starts its driver through 
 * `sharingmemory.service` runs `python -m sharingmemory serve` with the socket passed as fd 3
   (`_activation`), Type=notify (READY=1 once it serves), a watchdog fed from the event loop,
   and a sandbox that leaves it nothing but its socket, its memfd and the clock.
+* For the system manager, the group `sharingmemory` (made by the sysusers.d(5) snippet
+  `sharingmemory.conf`): the socket is root:sharingmemory 0660 and the driver admits the
+  group's members, primary or supplementary, so `usermod -aG sharingmemory alice` is all an
+  operator does. The directory is 0755: systemd creates it root:root before the driver ever
+  runs (DirectoryMode= has no group), and the socket's own mode is what guards the device.
 
 Pure: text in, text out. Where the interpreter lives (which decides how much of /home the
 sandbox may hide) is measured by the caller and passed in.
@@ -34,6 +39,11 @@ WATCHDOG_SEC = 10
 # mlock(2) of the one page needs RLIMIT_MEMLOCK >= 4 KiB once CAP_IPC_LOCK is dropped; 64 KiB is
 # the kernel's historical default, which some distributions lower for services.
 LIMIT_MEMLOCK = "64K"
+#: The group a system install serves, and the sysusers.d(5) snippet that creates it.
+GROUP = "sharingmemory"
+SYSUSERS_FILE = "sharingmemory.conf"
+SYSUSERS_DIR = "/etc/sysusers.d"
+GROUP_DIRECTORY_MODE = "0755"
 _HOME_TREES = ("/home", "/root", "/run/user")
 
 _BARE_WORD = re.compile(r"[\w@%+=:,./-]+")
@@ -66,11 +76,15 @@ def protect_home(user: bool, needed_paths: Iterable[str]) -> str:
     return "yes"
 
 
-def service_unit(python: str, *, user: bool = False, home: str = "yes", version: str = "") -> str:
-    """The text of sharingmemory.service running `python -m sharingmemory serve`."""
+def service_unit(
+    python: str, *, user: bool = False, home: str = "yes", version: str = "", group: str | None = None
+) -> str:
+    """The text of sharingmemory.service running `python -m sharingmemory serve` (with
+    `--socket-group GROUP` when given, so that the driver admits the group's members)."""
     if not os.path.isabs(python):
         raise ValueError(f"the interpreter must be an absolute path, not {python!r}")
-    command = " ".join(exec_word(word) for word in (python, "-m", "sharingmemory", "serve"))
+    words = [python, "-m", "sharingmemory", "serve", *(["--socket-group", group] if group else [])]
+    command = " ".join(exec_word(word) for word in words)
     lines = [
         *_header(version),
         "[Unit]",
@@ -89,7 +103,7 @@ def service_unit(python: str, *, user: bool = False, home: str = "yes", version:
         "# The socket unit made this directory for its socket; keep it (and the socket in it)",
         "# when the driver stops or restarts.",
         f"RuntimeDirectory={RUNTIME_DIRECTORY}",
-        f"RuntimeDirectoryMode={DIRECTORY_MODE}",
+        f"RuntimeDirectoryMode={GROUP_DIRECTORY_MODE if group else DIRECTORY_MODE}",
         "RuntimeDirectoryPreserve=yes",
         f"LimitMEMLOCK={LIMIT_MEMLOCK}",
         "UMask=0077",
@@ -133,8 +147,9 @@ def service_unit(python: str, *, user: bool = False, home: str = "yes", version:
     return "\n".join(lines) + "\n"
 
 
-def socket_unit(*, version: str = "") -> str:
-    """The text of sharingmemory.socket: the device's SEQPACKET socket at the default path."""
+def socket_unit(*, version: str = "", group: str | None = None) -> str:
+    """The text of sharingmemory.socket: the device's SEQPACKET socket at the default path,
+    owned by `group` when given."""
     lines = [
         *_header(version),
         "[Unit]",
@@ -143,7 +158,8 @@ def socket_unit(*, version: str = "") -> str:
         "[Socket]",
         f"ListenSequentialPacket={LISTEN_PATH}",
         f"SocketMode={SOCKET_MODE}",
-        f"DirectoryMode={DIRECTORY_MODE}",
+        *([f"SocketGroup={group}"] if group else []),
+        f"DirectoryMode={GROUP_DIRECTORY_MODE if group else DIRECTORY_MODE}",
         "FileDescriptorName=SharingMemory",
         "RemoveOnStop=yes",
         "",
@@ -154,12 +170,24 @@ def socket_unit(*, version: str = "") -> str:
 
 
 def units(python: str, *, user: bool = False, needed_paths: Iterable[str] = (), version: str = "") -> dict[str, str]:
-    """File name -> text, for both units."""
+    """File name -> text, for both units; a system install serves the group `GROUP`."""
     home = protect_home(user, [python, *needed_paths])
+    group = None if user else GROUP
     return {
-        SERVICE_UNIT: service_unit(python, user=user, home=home, version=version),
-        SOCKET_UNIT: socket_unit(version=version),
+        SERVICE_UNIT: service_unit(python, user=user, home=home, version=version, group=group),
+        SOCKET_UNIT: socket_unit(version=version, group=group),
     }
+
+
+def sysusers_snippet(*, version: str = "") -> str:
+    """sysusers.d(5): the group a system install serves; systemd-sysusers creates it at boot
+    (and at once when run by hand), never twice."""
+    made_by = f"sharingmemory {version}" if version else "sharingmemory"
+    return "\n".join([
+        f"# Written by `sharingmemory install-unit` ({made_by}). Members of this group may open the",
+        "# SharingMemory device: usermod -aG sharingmemory USER",
+        f"g {GROUP} -",
+    ]) + "\n"  # fmt: skip
 
 
 def _header(version: str) -> list[str]:
