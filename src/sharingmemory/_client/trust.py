@@ -13,8 +13,10 @@ files in that directory can serve a fake driver there (a user who pre-creates an
 * the page fd: a memfd whose F_GET_SEALS shows every seal the ABI promises (shrink, grow,
   future-write, seal: fcntl(2)), checked before its size, which the seals then keep: an
   unsealed page could be truncated under the mapping, and the next read would be SIGBUS;
-* the tick fd: an eventfd or a pipe, the only things poll(2) and a 4096-byte read(2) treat as
-  "a tick came".
+* the tick fd: the driver's end of a SEQPACKET channel (what drivers send since the tick
+  eventfd was retired: a client could block an eventfd it shared with the driver), or, from an
+  older driver, an eventfd or a pipe's read end: the only things poll(2) and a 4096-byte
+  read(2) treat as "a tick came".
 
 The values inside the page are checked where they are used (`_defs.page`): a trusted driver
 never writes garbage, but a bug should give a typed error, not a traceback.
@@ -104,8 +106,13 @@ def check_page_fd(fd: int) -> None:
 
 
 def check_tick_fd(fd: int) -> None:
-    """Refuse a tick fd that is neither an eventfd nor the read end of a pipe."""
+    """Refuse a tick fd that is not a SEQPACKET channel, an eventfd or the read end of a pipe."""
     mode = os.fstat(fd).st_mode
+    if stat.S_ISSOCK(mode):
+        with socket.socket(fileno=os.dup(fd)) as channel:  # a dup: closing it leaves `fd` open
+            if channel.family != socket.AF_UNIX or channel.type != socket.SOCK_SEQPACKET:
+                raise UntrustedDevice(f"the tick fd is a {channel.family!r} {channel.type!r} socket, not a channel")
+        return
     if stat.S_ISFIFO(mode):
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
             raise UntrustedDevice("the tick fd is a pipe's write end, not its read end")
@@ -115,4 +122,4 @@ def check_tick_fd(fd: int) -> None:
     except OSError as err:
         raise UntrustedDevice(f"cannot tell what the tick fd is: {err.strerror}") from err
     if link != _EVENTFD_LINK:
-        raise UntrustedDevice(f"the tick fd is {link!r}, not an eventfd or a pipe")
+        raise UntrustedDevice(f"the tick fd is {link!r}, not a channel, an eventfd or a pipe")
