@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from sharingmemory.cli import manual
-from sharingmemory.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "run `python -m sharingmemory.cli.manual --write` at the repository root and commit share/"
@@ -27,7 +26,7 @@ NOBODY = 65534
 
 
 def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
-    parser = build_parser()
+    parser = manual.build_parser()
     return [("", parser), *((name, sub) for name, _help, sub in manual._subcommands(parser))]
 
 
@@ -217,3 +216,22 @@ def test_completion_completes_every_option_of_every_command() -> None:
         offered = set(_complete(*words))
         expected = {option for action in manual._options(parser) for option in action.option_strings}
         assert offered == expected, name
+
+
+def test_the_manual_names_no_path_of_whoever_generated_it() -> None:
+    for path, text in manual.generated().items():
+        assert manual._SOCKET_PLACEHOLDER not in text, path
+        assert "/run/user/" not in text, path  # a $XDG_RUNTIME_DIR
+        assert f"/tmp/sharingmemory-{os.getuid()}" not in text, path
+        assert str(Path.home()) not in text or str(Path.home()) == "/", path
+
+
+def test_building_the_manual_leaves_the_environment_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHARINGMEMORY_SOCKET", "/mine/SharingMemory")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/4242")
+    manual.generated()
+    assert os.environ["SHARINGMEMORY_SOCKET"] == "/mine/SharingMemory"
+    assert os.environ["XDG_RUNTIME_DIR"] == "/run/user/4242"
+    monkeypatch.delenv("SHARINGMEMORY_SOCKET")
+    manual.generated()
+    assert "SHARINGMEMORY_SOCKET" not in os.environ

@@ -241,3 +241,33 @@ def test_editable_include_is_the_repository_folder_not_a_copy() -> None:
     if not (ROOT / "src" / "sharingmemory" / "include").is_symlink():
         pytest.skip("not a checkout with the include/ symlink (an installed or unpacked package)")
     assert os.path.samefile(sharingmemory.get_include(), ROOT / "include")
+
+
+# --- make watch installs the package alone -------------------------------------------------------
+
+MAKE = shutil.which("make")
+
+
+def _make_dry_run(target: str) -> str:
+    assert MAKE is not None
+    result = _run(MAKE, "--always-make", "--dry-run", target, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(MAKE is None, reason="make is not installed")
+def test_make_watch_installs_the_package_without_the_dev_tools() -> None:
+    commands = _make_dry_run("watch")
+    installs = [line for line in commands.splitlines() if "pip install" in line]
+    assert installs, commands
+    assert all("[dev" not in line and "dev]" not in line for line in installs), installs
+    assert ".venv/" not in commands  # not the dev venv either, which make test fills
+    assert commands.rstrip().splitlines()[-1].endswith("sharingmemory watch")
+
+
+@pytest.mark.skipif(MAKE is None, reason="make is not installed")
+def test_make_test_still_installs_the_dev_tools_and_runs_everything() -> None:
+    commands = _make_dry_run("test")
+    assert "pip install --quiet -e '.[dev]'" in commands
+    for step in (".venv/bin/ruff check", ".venv/bin/mypy", ".venv/bin/pytest"):
+        assert step in commands, step
