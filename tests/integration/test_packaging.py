@@ -257,7 +257,9 @@ MAKE = shutil.which("make")
 
 def _make_dry_run(target: str) -> str:
     assert MAKE is not None
-    result = _run(MAKE, "--always-make", "--dry-run", target, cwd=ROOT)
+    # Under `make test` this runs in a sub-make's environment, whose MAKEFLAGS would print
+    # "Entering directory" lines among the commands.
+    result = _run(MAKE, "--always-make", "--dry-run", "--no-print-directory", target, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
