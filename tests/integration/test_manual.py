@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from sharingmemory.cli import manual
-from sharingmemory.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "run `python -m sharingmemory.cli.manual --write` at the repository root and commit share/"
@@ -27,7 +26,7 @@ NOBODY = 65534
 
 
 def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
-    parser = build_parser()
+    parser = manual.build_parser()
     return [("", parser), *((name, sub) for name, _help, sub in manual._subcommands(parser))]
 
 
@@ -180,23 +179,49 @@ def _complete(*words: str, cwd: Path | None = None) -> list[str]:
 needs_bash = pytest.mark.skipif(BASH is None, reason="bash is not installed")
 
 
+def _expected(words: tuple[str, ...]) -> list[str]:
+    """What the parser says the last word may complete to: the commands before one is named,
+    else the options of the command named (or of the root parser)."""
+    parsers = dict(_parsers())
+    command = next((word for word in words[1:-1] if word in parsers and word), "")
+    current = words[-1]
+    if current.startswith("-"):
+        candidates = [option for action in manual._options(parsers[command]) for option in action.option_strings]
+    else:
+        candidates = [name for name in parsers if name] if not command else []
+    return sorted(candidate for candidate in candidates if candidate.startswith(current))
+
+
 @needs_bash
 @pytest.mark.parametrize(
-    ("words", "expected"),
+    "words",
     [
-        (("sharingmemory", ""), ["serve", "install-unit", "watch", "read", "status", "gui"]),
-        (("sharingmemory", "s"), ["serve", "status"]),
-        (("sharingmemory", "-q", "wa"), ["watch"]),
-        (("sharingmemory", "--ver"), ["--verbose", "--version"]),
-        (("sharingmemory", "serve", "--soc"), ["--socket", "--socket-mode"]),
-        (("sharingmemory", "watch", "--fo"), ["--follow"]),
-        (("sharingmemory", "install-unit", "--"), ["--help", "--user", "--dir", "--force"]),
-        (("sharingmemory", "serve", "--interval", ""), []),  # a value: no option offered as one
-        (("sharingmemory", "watch", "status"), []),  # one command only
+        ("sharingmemory", ""),
+        ("sharingmemory", "s"),
+        ("sharingmemory", "-q", "wa"),
+        ("sharingmemory", "--ver"),
+        ("sharingmemory", "serve", "--soc"),
+        ("sharingmemory", "watch", "--fo"),
+        ("sharingmemory", "install-unit", "--"),
     ],
 )
-def test_completion_offers_commands_and_their_options(words: tuple[str, ...], expected: list[str]) -> None:
-    assert sorted(_complete(*words)) == sorted(expected)
+def test_completion_offers_commands_and_their_options(words: tuple[str, ...]) -> None:
+    expected = _expected(words)
+    assert expected  # each case has something to complete: the test is not vacuous
+    assert sorted(_complete(*words)) == expected
+
+
+@needs_bash
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("sharingmemory", "serve", "--interval", ""),  # a value: no option offered as one
+        ("sharingmemory", "watch", "--timeout", "--"),
+        ("sharingmemory", "watch", "status"),  # one command only
+    ],
+)
+def test_completion_offers_nothing_where_nothing_fits(words: tuple[str, ...]) -> None:
+    assert _complete(*words) == []
 
 
 @needs_bash
@@ -217,3 +242,22 @@ def test_completion_completes_every_option_of_every_command() -> None:
         offered = set(_complete(*words))
         expected = {option for action in manual._options(parser) for option in action.option_strings}
         assert offered == expected, name
+
+
+def test_the_manual_names_no_path_of_whoever_generated_it() -> None:
+    for path, text in manual.generated().items():
+        assert manual._SOCKET_PLACEHOLDER not in text, path
+        assert "/run/user/" not in text, path  # a $XDG_RUNTIME_DIR
+        assert f"/tmp/sharingmemory-{os.getuid()}" not in text, path
+        assert str(Path.home()) not in text or str(Path.home()) == "/", path
+
+
+def test_building_the_manual_leaves_the_environment_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHARINGMEMORY_SOCKET", "/mine/SharingMemory")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/4242")
+    manual.generated()
+    assert os.environ["SHARINGMEMORY_SOCKET"] == "/mine/SharingMemory"
+    assert os.environ["XDG_RUNTIME_DIR"] == "/run/user/4242"
+    monkeypatch.delenv("SHARINGMEMORY_SOCKET")
+    manual.generated()
+    assert "SHARINGMEMORY_SOCKET" not in os.environ

@@ -39,9 +39,12 @@ class Built:
     wheel: Path
 
 
-def _run(*command: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _run(*command: str | Path, cwd: Path | None = None, isolated: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run to the end. `isolated`: without PYTHONPATH (which a distro build sets to its own tree),
+    so that the installed venv imports what the wheel installed and nothing else."""
+    env = {name: value for name, value in os.environ.items() if not (isolated and name == "PYTHONPATH")}
     return subprocess.run(
-        [str(part) for part in command], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+        [str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
     )
 
 
@@ -145,11 +148,11 @@ def test_the_license_is_mit_as_pyproject_says() -> None:
 def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with only the wheel in it (no network: --no-index, --no-deps)."""
     prefix = tmp_path_factory.mktemp("venv") / "venv"
-    result = _run(sys.executable, "-m", "venv", "--without-pip", prefix)
+    result = _run(sys.executable, "-m", "venv", "--without-pip", prefix, isolated=True)
     assert result.returncode == 0, result.stderr
     result = _run(
         sys.executable, "-m", "pip", "--python", prefix / "bin" / "python", "install", "--quiet",
-        "--no-index", "--no-deps", built.wheel,
+        "--no-index", "--no-deps", built.wheel, isolated=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return prefix
@@ -157,7 +160,11 @@ def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _installed_include(prefix: Path) -> Path:
     result = _run(
-        prefix / "bin" / "python", "-c", "import sharingmemory; print(sharingmemory.get_include())", cwd=Path("/")
+        prefix / "bin" / "python",
+        "-c",
+        "import sharingmemory; print(sharingmemory.get_include())",
+        cwd=Path("/"),
+        isolated=True,
     )
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.strip())
@@ -176,7 +183,7 @@ def test_installed_data_files_are_where_man_and_bash_completion_look(installed: 
 
 
 def test_installed_console_script_runs(installed: Path) -> None:
-    result = _run(installed / "bin" / "sharingmemory", "--version", cwd=Path("/"))
+    result = _run(installed / "bin" / "sharingmemory", "--version", cwd=Path("/"), isolated=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"sharingmemory {sharingmemory.__version__}"
 
@@ -241,3 +248,35 @@ def test_editable_include_is_the_repository_folder_not_a_copy() -> None:
     if not (ROOT / "src" / "sharingmemory" / "include").is_symlink():
         pytest.skip("not a checkout with the include/ symlink (an installed or unpacked package)")
     assert os.path.samefile(sharingmemory.get_include(), ROOT / "include")
+
+
+# --- make watch installs the package alone -------------------------------------------------------
+
+MAKE = shutil.which("make")
+
+
+def _make_dry_run(target: str) -> str:
+    assert MAKE is not None
+    # Under `make test` this runs in a sub-make's environment, whose MAKEFLAGS would print
+    # "Entering directory" lines among the commands.
+    result = _run(MAKE, "--always-make", "--dry-run", "--no-print-directory", target, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.skipif(MAKE is None, reason="make is not installed")
+def test_make_watch_installs_the_package_without_the_dev_tools() -> None:
+    commands = _make_dry_run("watch")
+    installs = [line for line in commands.splitlines() if "pip install" in line]
+    assert installs, commands
+    assert all("[dev" not in line and "dev]" not in line for line in installs), installs
+    assert ".venv/" not in commands  # not the dev venv either, which make test fills
+    assert commands.rstrip().splitlines()[-1].endswith("sharingmemory watch")
+
+
+@pytest.mark.skipif(MAKE is None, reason="make is not installed")
+def test_make_test_still_installs_the_dev_tools_and_runs_everything() -> None:
+    commands = _make_dry_run("test")
+    assert "pip install --quiet -e '.[dev]'" in commands
+    for step in (".venv/bin/ruff check", ".venv/bin/mypy", ".venv/bin/pytest"):
+        assert step in commands, step

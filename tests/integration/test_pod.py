@@ -13,6 +13,7 @@ directory, never the real /run/sharingmemory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -38,11 +39,16 @@ REACHABLE = ("--dir-mode", "0755", "--socket-mode", "0666")
 # Run inside the new namespaces as the pod's root: build the pod's view, then exec the client.
 POD_SETUP = r"""
 set -e
-host_dir=$1; shift
+what=$1 host_dir=$2; shift 2
 mount -n -t tmpfs -o mode=0755 pod-run /run  # -n: no utab, which libmount keeps in /run
 mkdir /run/sharingmemory
-mount -n --bind "$host_dir" /run/sharingmemory
-mount -n -o remount,bind,ro /run/sharingmemory
+if [ "$what" = file ]; then  # the mistake docs/fleet.md warns of: the socket file alone
+  touch /run/sharingmemory/SharingMemory
+  mount -n --bind "$host_dir/SharingMemory" /run/sharingmemory/SharingMemory
+else
+  mount -n --bind "$host_dir" /run/sharingmemory
+  mount -n -o remount,bind,ro /run/sharingmemory
+fi
 mount -n -t tmpfs -o mode=0700 hidden "$host_dir"
 exec "$@"
 """
@@ -55,6 +61,11 @@ host_dir = sys.argv[1]
 seen = {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(),
         "host_socket_visible": os.path.exists(os.path.join(host_dir, "SharingMemory")),
         "run_entries": sorted(os.listdir("/run"))}
+try:  # the mount is read-only: no client can plant a socket of its own for others to meet
+    os.mkdir("/run/sharingmemory/planted")
+    seen["write_errno"] = 0
+except OSError as err:
+    seen["write_errno"] = err.errno
 try:
     with sharingmemory.open_device(sys.argv[2]) as device:
         page = device.map_shared_memory()
@@ -105,12 +116,12 @@ _WHY_NOT = _can_make_a_pod()
 pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))
 
 
-def _pod_command(socket_dir: Path, *command: str) -> list[str]:
+def _pod_command(socket_dir: Path, *command: str, mount: str = "directory") -> list[str]:
     return [
         "setpriv", f"--reuid={POD_ROOT}", f"--regid={POD_ROOT}", "--clear-groups", "--",
         # --kill-child: when the test ends the pod (SIGTERM to unshare), its pid 1 goes too.
         "unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child",
-        "sh", "-c", POD_SETUP, "pod-setup", str(socket_dir), *command,
+        "sh", "-c", POD_SETUP, "pod-setup", mount, str(socket_dir), *command,
     ]  # fmt: skip
 
 
@@ -119,10 +130,11 @@ def _pod_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _pod(socket_dir: Path, *command: str) -> Iterator[subprocess.Popen[str]]:
-    """`command` in a pod that sees `socket_dir` (the driver's) at /run/sharingmemory only."""
+def _pod(socket_dir: Path, *command: str, mount: str = "directory") -> Iterator[subprocess.Popen[str]]:
+    """`command` in a pod that sees `socket_dir` (the driver's) at /run/sharingmemory only; with
+    `mount="file"`, only the socket file in it."""
     with subprocess.Popen(
-        _pod_command(socket_dir, *command),
+        _pod_command(socket_dir, *command, mount=mount),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_pod_env(), cwd="/",
     ) as process:  # fmt: skip
         try:
@@ -181,6 +193,7 @@ def test_pod_client_opens_maps_reads_and_waits_through_the_directory_mount(
         assert (seen["uid"], seen["gid"], seen["pid"]) == (0, 0, 1), seen
         assert seen["host_socket_visible"] is False
         assert seen["run_entries"] == ["sharingmemory"]
+        assert seen["write_errno"] == errno.EROFS
         assert seen["ticks"][1] > seen["ticks"][0]
         assert seen["state"] == "running"
         # The driver sees the host's view of the same process through SO_PEERCRED.
@@ -238,12 +251,11 @@ def test_watch_follow_in_the_pod_carries_on_across_a_driver_restart(host_dir: Pa
         start_driver(host_dir, *options, interval="50ms") as first,
         _pod(Path(first.socket_path).parent, *watch) as pod,
     ):
-        inode = os.stat(first.socket_path).st_ino
         before = _watch_lines(pod, 2)
         assert {line["instance_id"] for line in before} == {first.status().instance_id.hex()}
         assert first.terminate() == 0  # the pod's watch now waits for a new driver (--follow)
+        assert not os.path.exists(first.socket_path)  # the old socket is gone: the next is a new file
         with start_driver(host_dir, *options, interval="50ms") as second:
-            assert os.stat(second.socket_path).st_ino != inode
             new_instance = second.status().instance_id.hex()
             for _ in range(200):
                 if json.loads(_line(pod))["instance_id"] == new_instance:
@@ -254,3 +266,44 @@ def test_watch_follow_in_the_pod_carries_on_across_a_driver_restart(host_dir: Pa
             assert {entry["instance_id"] for entry in later} == {new_instance}
             assert later[1]["tick_count"] > later[0]["tick_count"]
             assert pod.poll() is None  # it followed; it did not exit
+
+
+# Open the device, wait for the test's line on stdin, open it again: one JSON line per attempt.
+REOPEN_CLIENT = r"""
+import json, sys
+import sharingmemory
+def attempt():
+    try:
+        with sharingmemory.open_device(sys.argv[1], timeout=5) as device:
+            return {"ok": True, "instance": device.map_shared_memory().read().instance_id.hex()}
+    except (sharingmemory.NtStatusError, OSError) as err:
+        return {"ok": False, "error": type(err).__name__, "message": str(err)}
+print(json.dumps(attempt()), flush=True)
+sys.stdin.readline()
+print(json.dumps(attempt()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("mount", ["directory", "file"])
+def test_only_a_directory_mount_reaches_a_restarted_driver(host_dir: Path, mount: str) -> None:
+    """Why the manifests mount the directory: a mount of the socket file pins the old inode,
+    which no driver listens on after a restart."""
+    options = (*REACHABLE, "--allow-uid", str(POD_ROOT))
+    with start_driver(host_dir, *options) as first:
+        socket_dir = Path(first.socket_path).parent
+        with _pod(socket_dir, SYSTEM_PYTHON, "-c", REOPEN_CLIENT, POD_SOCKET, mount=mount) as pod:
+            before = json.loads(_line(pod))
+            assert before == {"ok": True, "instance": first.status().instance_id.hex()}, before
+            assert first.terminate() == 0
+            with start_driver(host_dir, *options) as second:
+                assert pod.stdin is not None
+                pod.stdin.write("\n")
+                pod.stdin.flush()
+                after = json.loads(_line(pod))
+                if mount == "directory":
+                    assert after == {"ok": True, "instance": second.status().instance_id.hex()}, after
+                else:
+                    assert after["ok"] is False, after
+                    assert after["error"] == "DeviceNotFound", after  # ECONNREFUSED: the old inode
+                    assert second.status().handles == 1  # the new driver serves; the pod cannot see it
+                assert pod.wait(20) == 0

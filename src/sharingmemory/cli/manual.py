@@ -16,13 +16,15 @@ a pointer to FILES, so root and any user generate the same bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .. import __version__
-from .._defs import default_socket_path
-from .main import build_parser
+from .._defs import ENV_SOCKET
+from .main import build_parser as _build_parser
 
 MAN_PAGE = Path("share/man/man1/sharingmemory.1")
 BASH_COMPLETION = Path("share/bash-completion/completions/sharingmemory")
@@ -49,6 +51,33 @@ _FILES = [
 _SEE_ALSO = "systemd.socket(5), systemd.service(5), sd_notify(3), sd_listen_fds(3), memfd_create(2), unix(7)"
 
 
+#: What the default socket path is while the parser is built for the manual: help texts show the
+#: default, which depends on the uid and `$XDG_RUNTIME_DIR`; the manual shows this instead.
+_SOCKET_PLACEHOLDER = "/sharingmemory-manual-placeholder/SharingMemory"
+
+
+@contextlib.contextmanager
+def _fixed_environment() -> Iterator[None]:
+    """The environment a parser's help may read, fixed: the same for root and for any user."""
+    saved = {name: os.environ.get(name) for name in (ENV_SOCKET, "XDG_RUNTIME_DIR")}
+    os.environ[ENV_SOCKET] = _SOCKET_PLACEHOLDER
+    os.environ.pop("XDG_RUNTIME_DIR", None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`sharingmemory.cli.main.build_parser()`, built in the fixed environment."""
+    with _fixed_environment():
+        return _build_parser()
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
     """(name, one-line help, parser) for each subcommand, in --help order."""
     for action in parser._actions:
@@ -70,7 +99,7 @@ def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     """The option's help with %(default)s and friends expanded, as --help shows it, less what
     depends on the uid that runs the generator."""
     text = argparse.HelpFormatter(parser.prog)._expand_help(action)
-    return text.replace(default_socket_path(), "see FILES")
+    return text.replace(_SOCKET_PLACEHOLDER, "see FILES")
 
 
 # --- the man page -------------------------------------------------------------------------------
