@@ -34,3 +34,13 @@ def test_the_system_path_is_read_at_each_call(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(paths, "SYSTEM_SOCKET", "/tmp/elsewhere/SharingMemory")
     assert device_socket_candidates(None, {}, uid=1000)[0] == "/tmp/elsewhere/SharingMemory"
     assert device_socket_candidates(None, {}, uid=1000, system=False) == ["/tmp/sharingmemory-1000/SharingMemory"]
+
+
+def test_the_host_root_is_trusted_as_the_overflow_uid_only_where_it_is_not_mapped() -> None:
+    from sharingmemory._client.trust import host_root_alias
+
+    assert host_root_alias("         0          0 4294967295\n", "65534\n") == frozenset()  # the host
+    assert host_root_alias("0 65536 1\n", "65534\n") == frozenset({65534})  # a hostUsers: false pod
+    assert host_root_alias("0 100000 65536\n", "65534") == frozenset({65534})  # rootless podman
+    assert host_root_alias("0 1000 1\n1 0 1\n", "65534") == frozenset()  # host root mapped as 1
+    assert host_root_alias("garbage\n", "65534") == frozenset()  # unreadable: trust nothing more

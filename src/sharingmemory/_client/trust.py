@@ -40,15 +40,39 @@ _EVENTFD_LINK: Final = "anon_inode:[eventfd]"
 _DEFAULT_UIDS: dict[int, frozenset[int]] = {}
 
 
+def host_root_alias(uid_map: str | None = None, overflow_uid: str | None = None) -> frozenset[int]:
+    """The uid the host's root appears as here: none in a namespace that maps it (the host
+    itself maps every uid), else the overflow uid (65534), as SO_PEERCRED and stat(2) report
+    every uid the namespace does not map (user_namespaces(7)). A client in a pod with its own
+    user namespace (Kubernetes `hostUsers: false`) thus sees the node's root driver, and its
+    root-owned directory, as 65534; other unmapped host uids look the same, which is why the
+    directory (mounted into the pod by the operator) must also pass its checks."""
+    try:
+        if uid_map is None:
+            with open("/proc/self/uid_map") as lines:
+                uid_map = lines.read()
+        for line in uid_map.splitlines():
+            _inside, outside, count = (int(field) for field in line.split())
+            if outside <= 0 < outside + count:
+                return frozenset()
+        if overflow_uid is None:
+            with open("/proc/sys/kernel/overflowuid") as value:
+                overflow_uid = value.read()
+        return frozenset({int(overflow_uid)})
+    except (OSError, ValueError):  # no /proc: no namespace to see through
+        return frozenset()
+
+
 def trusted_uids(extra: int | Iterable[int] | None) -> frozenset[int]:
-    """Root, this process's effective uid, and the uids the caller named."""
+    """Root (as this user namespace sees it), this process's effective uid, and the uids the
+    caller named."""
     euid = os.geteuid()
     if extra is None:
         default = _DEFAULT_UIDS.get(euid)
         if default is None:  # once per euid: every open without trusted_uid asks for this set
-            default = _DEFAULT_UIDS[euid] = frozenset({0, euid})
+            default = _DEFAULT_UIDS[euid] = frozenset({0, euid}) | host_root_alias()
         return default
-    uids = {0, euid}
+    uids = {0, euid} | host_root_alias()
     if isinstance(extra, bool):
         raise TypeError("trusted_uid must be a uid (an int) or an iterable of uids, not a bool")
     items = [extra] if isinstance(extra, int) else list(extra)

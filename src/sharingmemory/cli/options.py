@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 from decimal import Decimal
 from typing import Final
 
-from .._defs import ENV_SOCKET, default_socket_path, resolve_device_name
+from .._defs import default_socket_path, resolve_device_name
 from .._driver import MAX_INTERVAL_NS, MIN_INTERVAL_NS
-from .session import default_places
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|s|m)?\s*$")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, None: 1_000_000_000}
@@ -141,12 +139,15 @@ def socket_help() -> str:
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     """--socket and --timeout, which every command that opens the device takes."""
-    places = " then ".join(default_places({key: value for key, value in os.environ.items() if key != ENV_SOCKET}))
+    # Said in words, not as this user's paths: --help and the man page (generated from this
+    # parser, the same for every uid) then read alike.
     parser.add_argument(
         "--socket",
         type=parse_device_name,
         metavar="PATH",
-        help=f"the device's socket (default: $SHARINGMEMORY_SOCKET if set, else {places})",
+        help="the device's socket (default: $SHARINGMEMORY_SOCKET if set, else the system driver's "
+        "/run/sharingmemory/SharingMemory, then your own: $XDG_RUNTIME_DIR/sharingmemory/SharingMemory, "
+        "or /tmp/sharingmemory-$UID/SharingMemory without XDG_RUNTIME_DIR; root's own is the system one)",
     )
     parser.add_argument(
         "--timeout", type=parse_timeout, default=5.0, metavar="SECONDS", help="bound on each request (default 5)"
