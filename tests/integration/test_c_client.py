@@ -31,6 +31,7 @@ from sharingmemory._defs.page import (
     read_snapshot,
 )
 from sharingmemory._defs.status import RevisionMismatch
+from sharingmemory.cli.private_driver import stop_process
 from tests.support import DriverProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,8 +187,7 @@ def _running(read_time: Path, driver: DriverProcess) -> Iterator[tuple[subproces
         try:
             yield process, _read_line(process)
         finally:
-            if process.poll() is None:
-                process.kill()
+            stop_process(process)
 
 
 def test_c_client_exits_3_when_the_driver_stops(driver: DriverProcess, read_time: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from sharingmemory.cli.private_driver import stop_process
 from tests.support import DriverProcess
 
 # The window's colours (src/sharingmemory/_gui.py): its background, and the clock's digits.
@@ -108,8 +109,7 @@ def display(tmp_path: Path) -> Iterator[str]:
         yield f":{number.decode().strip()}"
     finally:
         os.close(read_end)
-        server.terminate()
-        server.wait(10)
+        stop_process(server, 10)
         log.close()
 
 
@@ -149,8 +149,7 @@ def test_the_window_shows_the_time_and_closes_its_handle(driver: DriverProcess, 
             log += process.stderr.read()
             assert process.wait(30) == 0, log.decode(errors="replace")
         finally:
-            if process.poll() is None:
-                process.kill()
+            stop_process(process)
 
     image = read_xwd(shot.read_bytes())
     png = tmp_path / "kernel-timer.png"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import sharingmemory
+from sharingmemory.cli.private_driver import stop_process
 from tests.support import DriverProcess, wait_for
 
 SRC = Path(sharingmemory.__file__).resolve().parent.parent
@@ -58,6 +59,5 @@ def test_a_driver_that_may_not_mlock_warns_and_serves() -> None:
         assert snap.state == sharingmemory.STATE_RUNNING
         assert "page not locked in memory: mlock failed" in log_path.read_text()
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process, 10)
         shutil.rmtree(tmp_path, ignore_errors=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from sharingmemory.cli.private_driver import stop_process
 from tests.support import DriverProcess, start_driver
 
 PLAIN_LINE = re.compile(r"^(\d\d:\d\d:\d\d)  tick (\d+)  late \S+ \S+  running  pid (\d+)  instance ([0-9a-f]{8})$")
@@ -46,9 +47,7 @@ def watching(*args: str) -> Iterator[subprocess.Popen[bytes]]:
         try:
             yield process
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def next_line(process: subprocess.Popen[bytes], timeout: float = 30) -> str:
