@@ -72,10 +72,9 @@ _SECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 #: Field names a snapshot would shadow (its attributes and methods): refused at creation.
-RESERVED_FIELD_NAMES: Final = frozenset({
-    "as_dict", "count", "fields", "get", "index", "instance_id", "items", "keys", "name",
-    "published_ns", "state", "updates", "values",
-})  # fmt: skip
+RESERVED_FIELD_NAMES: Final = frozenset(
+    {"as_dict", "count", "get", "index", "items", "keys", "published_ns", "state", "updates", "values"}
+)
 
 
 class SectionState(enum.StrEnum):

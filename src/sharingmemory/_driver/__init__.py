@@ -15,6 +15,7 @@ from .driver import (
     Handle,
     HandleState,
 )
+from .sections import ProducerPolicy, SectionLimits
 
 __all__ = [
     "MAX_INTERVAL_NS",
@@ -26,4 +27,6 @@ __all__ = [
     "DriverConfig",
     "Handle",
     "HandleState",
+    "ProducerPolicy",
+    "SectionLimits",
 ]
