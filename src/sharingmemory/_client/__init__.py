@@ -8,6 +8,7 @@ from .device import (
     IoResult,
     open_device,
 )
+from .section import Section, Snapshot, TimeSection
 from .shared_page import (
     SharedPage,
 )
@@ -19,7 +20,10 @@ from .ticks import (
 __all__ = [
     "Device",
     "IoResult",
+    "Section",
     "SharedPage",
+    "Snapshot",
+    "TimeSection",
     "next_deadline_delay",
     "open_device",
     "retry_step",

@@ -1,0 +1,142 @@
+"""`sharingmemory list` and `publish`, and the section options of `serve`.
+
+`list` prints the live sections like `varnishstat -l` (`--json`: an array of objects with the
+keys of `list_sections()`). `publish SECTION --field NAME:TYPE[:UNIT] ...` creates a section and
+publishes one update per JSON object read on standard input, so a shell pipeline can share a
+live value: a bad line is reported on stderr with its line number and not published (the
+previous value stays), and the exit status says whether any line was refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .._client import open_device
+from .._defs import DEVICE_NAME, Field
+from .._driver import ProducerPolicy, SectionLimits
+from .exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError
+from .options import parse_id, parse_positive, socket_help
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    listing = commands.add_parser("list", help="list the live sections (name, fields, producer, updates)")
+    listing.add_argument("--socket", metavar="PATH", help=socket_help())
+    listing.add_argument("--json", action="store_true", help="print a JSON array, one object per section")
+    listing.set_defaults(func=cmd_list)
+
+    publish = commands.add_parser(
+        "publish", help="create a section and publish one update per JSON object read on stdin"
+    )
+    publish.add_argument("section", metavar="SECTION", help="the section's name: 1-64 of [A-Za-z0-9._-]")
+    publish.add_argument(
+        "--field",
+        dest="fields",
+        action="append",
+        required=True,
+        type=parse_field,
+        metavar="NAME:TYPE[:UNIT]",
+        help="a field: TYPE is i32 i64 u32 u64 f32 f64 bool or str/LENGTH (e.g. str/16); repeat for each",
+    )
+    publish.add_argument("--socket", metavar="PATH", help=socket_help())
+    publish.add_argument("--reader-uid", type=parse_id, action="append", default=[], help="only this uid may read")
+    publish.add_argument("--reader-gid", type=parse_id, action="append", default=[], help="only this gid may read")
+    publish.set_defaults(func=cmd_publish)
+
+
+def parse_field(text: str) -> Field:
+    """`NAME:TYPE[:UNIT]`, TYPE `str/LENGTH` for a str, as a Field (argparse's type=)."""
+    parts = text.split(":", 2)
+    if len(parts) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME:TYPE[:UNIT]")
+    name, kind = parts[0], parts[1]
+    length = 0
+    if kind.startswith("str"):
+        size = kind[3:].lstrip("/") or "64"
+        if not size.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r}: a str field is str/LENGTH")
+        kind, length = "str", int(size)
+    try:
+        return Field(name, kind, length, unit=parts[2] if len(parts) > 2 else "")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """The section options of `serve`, as one block."""
+    group = serve.add_argument_group("sections")
+    group.add_argument(
+        "--allow-producer-uid", type=parse_id, action="append", default=[], metavar="UID",
+        help="this uid may create sections too (default: root and the driver's uid); repeatable",
+    )  # fmt: skip
+    group.add_argument(
+        "--allow-producer-gid", type=parse_id, action="append", default=[], metavar="GID",
+        help="members (primary gid) of this group may create sections; repeatable",
+    )  # fmt: skip
+    defaults = SectionLimits()
+    group.add_argument("--max-section-size", type=parse_positive, default=defaults.max_section_size, metavar="BYTES",
+                       help=f"largest section (default {defaults.max_section_size})")  # fmt: skip
+    group.add_argument("--max-section-fields", type=parse_positive, default=defaults.max_fields, metavar="N",
+                       help=f"fields per section (default {defaults.max_fields})")  # fmt: skip
+    group.add_argument("--max-sections", type=parse_positive, default=defaults.max_sections, metavar="N",
+                       help=f"live sections in all (default {defaults.max_sections})")  # fmt: skip
+    per_uid = defaults.max_sections_per_uid
+    group.add_argument("--max-sections-per-uid", type=parse_positive, default=per_uid, metavar="N",
+                       help=f"live sections per uid (default {per_uid})")  # fmt: skip
+
+
+def serve_config(args: argparse.Namespace, driver_uid: int) -> dict[str, Any]:
+    """The DriverConfig keywords of the section options."""
+    try:
+        limits = SectionLimits(
+            max_section_size=args.max_section_size, max_fields=args.max_section_fields,
+            max_sections=args.max_sections, max_sections_per_uid=args.max_sections_per_uid,
+        )  # fmt: skip
+    except ValueError as err:
+        raise CommandError(str(err), EXIT_USAGE) from err
+    policy = ProducerPolicy(
+        uids=frozenset({driver_uid, *args.allow_producer_uid}), gids=frozenset(args.allow_producer_gid)
+    )
+    return {"producer_policy": policy, "section_limits": limits}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_device(args.socket or DEVICE_NAME) as device:
+        sections = device.list_sections()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in sections], indent=2))
+        return EXIT_OK
+    if not sections:
+        print("no sections")
+        return EXIT_OK
+    width = max(len(s.name) for s in sections)
+    for s in sections:
+        fields = " ".join(f"{f.name}:{f.type}" + (f"[{f.unit}]" if f.unit else "") for f in s.fields)
+        line = f"{s.name:<{width}}  {s.state:<12} pid {s.producer_pid:<7} uid {s.producer_uid:<6} updates {s.updates}"
+        print(f"{line}  {fields}")
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    refused = 0
+    with open_device(args.socket or DEVICE_NAME, "rw") as device:
+        section = device.create_section(
+            args.section, args.fields, readers_uids=args.reader_uid, readers_gids=args.reader_gid
+        )
+        for number, line in enumerate(sys.stdin, 1):
+            if not line.strip():
+                continue
+            try:
+                values = json.loads(line)
+                if not isinstance(values, dict):
+                    raise ValueError("not a JSON object")
+                section.publish(**values)
+            except (ValueError, TypeError) as err:
+                refused += 1
+                print(f"sharingmemory: error: line {number}: {err}; not published", file=sys.stderr, flush=True)
+    if refused:
+        print(f"sharingmemory: error: {refused} line(s) refused", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
