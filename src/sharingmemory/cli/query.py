@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._client import Device
+from . import sections
 from .display import snapshot_json
 from .exits import EXIT_OK
 from .options import add_client_options
@@ -22,6 +23,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     read = commands.add_parser("read", help="print one snapshot of the shared page")
     add_client_options(read)
     read.add_argument("--json", action="store_true", help="one JSON object")
+    read.add_argument(
+        "section", nargs="?", default="time", metavar="SECTION", help="a section (default: time, the page)"
+    )
     read.set_defaults(func=cmd_read)
     status = commands.add_parser("status", help="print the driver's handles, page and timer")
     add_client_options(status)
@@ -36,6 +40,9 @@ def _open(args: argparse.Namespace) -> Iterator[Device]:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    if args.section != "time":
+        with _open(args) as device:
+            return sections.print_section(device, args.section, as_json=args.json)
     with _open(args) as device:
         snap = device.map_shared_memory().read()
     if args.json:

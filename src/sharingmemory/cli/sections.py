@@ -14,8 +14,8 @@ import json
 import sys
 from typing import Any
 
-from .._client import open_device
-from .._defs import DEVICE_NAME, Field
+from .._client import Device, open_device
+from .._defs import DEVICE_NAME, Field, ObjectNameInvalid, ObjectNameNotFound
 from .._driver import ProducerPolicy, SectionLimits
 from .exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError
 from .options import parse_id, parse_positive, socket_help
@@ -116,6 +116,28 @@ def cmd_list(args: argparse.Namespace) -> int:
         fields = " ".join(f"{f.name}:{f.type}" + (f"[{f.unit}]" if f.unit else "") for f in s.fields)
         line = f"{s.name:<{width}}  {s.state:<12} pid {s.producer_pid:<7} uid {s.producer_uid:<6} updates {s.updates}"
         print(f"{line}  {fields}")
+    return EXIT_OK
+
+
+def print_section(device: Device, name: str, *, as_json: bool) -> int:
+    """`read SECTION`: one snapshot, as a table of name, value and unit, or one JSON object."""
+    try:
+        section = device.open_section(name)
+    except ObjectNameNotFound:
+        raise CommandError(f"no section named {name!r} (see: sharingmemory list)", EXIT_ERROR) from None
+    except ObjectNameInvalid as err:
+        raise CommandError(str(err), EXIT_USAGE) from None
+    snap = section.read()
+    if as_json:
+        print(json.dumps({
+            "section": name, "state": str(snap.state), "updates": snap.updates, "published_ns": snap.published_ns,
+            "instance_id": section.instance_id.hex(), "values": snap.as_dict(),
+        }))  # fmt: skip
+        return EXIT_OK
+    width = max(len(f.name) for f in section.fields)
+    print(f"{name}  {snap.state}  updates {snap.updates}")
+    for item in section.fields:
+        print(f"  {item.name:<{width}}  {snap[item.name]!s:>20}  {item.unit}".rstrip())
     return EXIT_OK
 
 
