@@ -358,3 +358,29 @@ def test_list_round_trips() -> None:
     ]
     total, decoded = decode_list(encode_list(7, [encode_list_entry(i) for i in infos]))
     assert (total, decoded) == (7, infos)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("temperature", "load"), ("type", "new", "seq", "next", "ValueError"), ("class", "x"), ("lambda", "def")],
+    ids=["plain", "shadowing", "keyword", "keywords"],
+)
+def test_the_generated_publisher(names: tuple[str, ...]) -> None:
+    """The per-schema publish: the same latch, the same refusals, whatever the field names."""
+    fields = (*(Field(n, "f64") for n in names), Field("n", "u32"), Field("label", "str", length=4))
+    buf, writer, reader = _section(fields)
+    woken: list[int] = []
+    clock = iter(range(100, 200))
+    publish = writer.publisher(lambda: next(clock), lambda: woken.append(1))
+    assert publish(**{names[0]: 1.5, "n": 3, "label": "ab"}) == 1
+    assert reader.read() == (1, 100, 0, 1.5, *(0.0,) * (len(names) - 1), 3, "ab")
+    before = bytes(buf)
+    for bad in ({"n": -1}, {"n": 1.0}, {names[1]: "x"}, {"label": "abcde"}, {"nosuch": 1}):
+        with pytest.raises(ValueError, match=r"\w"):
+            publish(**{names[0]: 9.0, **bad})
+        assert bytes(buf) == before
+    assert not woken
+    struct.pack_into("<I", buf, 20, 2)  # the driver says two readers wait
+    assert publish(n=4) == 2
+    assert woken == [1]
+    assert reader.read()[3:] == (1.5, *(0.0,) * (len(names) - 1), 4, "ab")

@@ -8,7 +8,7 @@ from .device import (
     IoResult,
     open_device,
 )
-from .section import Section, Snapshot, TimeSection
+from .section import Section, Snapshot
 from .shared_page import (
     SharedPage,
 )
@@ -16,6 +16,7 @@ from .ticks import (
     next_deadline_delay,
     retry_step,
 )
+from .time_section import TimeSection
 
 __all__ = [
     "Device",

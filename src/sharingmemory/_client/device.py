@@ -61,9 +61,10 @@ from .._defs import (
 )
 from .._defs.protocol import MAX_OUTPUT_LENGTH
 from .._sys import Fd, close_all, unix
-from .section import IoctlResult, Section, TimeSection
+from .section import IoctlResult, Section
 from .shared_page import SharedPage
 from .ticks import TickEvent
+from .time_section import TimeSection
 
 DEFAULT_TIMEOUT: Final = 5.0
 _POINTER = struct.Struct("<Q")

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import mmap
 import operator
 import os
 import select
 import struct
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, NamedTuple, Protocol
 
 from .._defs import (
@@ -41,7 +43,6 @@ from .._defs import (
     IoTimeout,
     NtStatus,
     NtStatusError,
-    PageSnapshot,
     SectionReader,
     SectionState,
     SectionWriter,
@@ -51,15 +52,40 @@ from .._defs import (
     layout,
     state_from_code,
 )
-from .._defs.section import SEQ_OFFSET, WAITERS_OFFSET
+from .._defs.section import SEQ_OFFSET
 from .._sys import Fd, libc
-from .shared_page import SharedPage
 
 _PAGE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | 0x0010 | fcntl.F_SEAL_SEAL  # 0x10: FUTURE_WRITE
 _U32 = struct.Struct("<I")
 #: The longest single FUTEX_WAIT: how soon a waiter notices a driver that died without a word.
 _WAIT_SLICE: Final = 0.25
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+
+
+class _Word(Protocol):
+    def __getitem__(self, index: int, /) -> int: ...
+
+
+class _ClosedWord:
+    """The `seq` of a closed section: reading it raises the ValueError a closed section promises."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: int, /) -> int:
+        raise ValueError("the section is closed")
+
+
+class _NoWord:
+    """`seq` on a big-endian machine: matches no snapshot, so every read takes the latch path."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: int, /) -> int:
+        return -2
+
+
+_CLOSED: Final = _ClosedWord()
+_STATES: Final = {0: SectionState.INITIALIZING, 1: SectionState.RUNNING, 2: SectionState.STOPPED}
 
 
 class IoctlResult(NamedTuple):
@@ -121,14 +147,21 @@ class Snapshot(tuple[Any, ...]):
         return f"<Snapshot {self.state} updates={self.updates} {values}>"
 
 
-def snapshot_type(fields: Iterable[Field]) -> type[Snapshot]:
+@functools.lru_cache(maxsize=256)
+def snapshot_type(fields: tuple[Field, ...]) -> type[Snapshot]:
     """The Snapshot subclass of a schema: a property per field (names cannot shadow the
-    snapshot's own attributes: Field refuses RESERVED_FIELD_NAMES)."""
+    snapshot's own attributes: Field refuses RESERVED_FIELD_NAMES). Cached: making a class
+    costs tens of microseconds, and the same schema is opened again and again."""
     index = {item.name: i + 3 for i, item in enumerate(fields)}
     namespace: dict[str, object] = {"__slots__": (), "_index": index}
     for name, i in index.items():
         namespace[name] = property(operator.itemgetter(i))
     return type("Snapshot", (Snapshot,), namespace)
+
+
+#: Parsing a schema checks every string and offset: done once per distinct schema (bytes are
+#: the key, so a changed schema is parsed and checked again), not at every open.
+_decode_schema: Final = functools.lru_cache(maxsize=256)(decode_schema)
 
 
 def _check_fd(fd: Fd, size: int, *, sealed: bool) -> None:
@@ -151,6 +184,9 @@ class Section:
 
     _map: mmap.mmap | None = None
     _writer: SectionWriter | None = None
+    _seq_word: _Word = _CLOSED
+    _last_seq = -1
+    _last: Snapshot
     _waiting_registered = False
     _seen: int | None = None
 
@@ -176,7 +212,7 @@ class Section:
         try:
             header = decode_header(self._map)
             start = header.schema_offset
-            schema = decode_schema(
+            schema = _decode_schema(
                 self._map[start : start + header.schema_size], header.field_count, header.data_size, header.entry_size
             )
             self.fields: tuple[Field, ...] = schema.fields
@@ -184,22 +220,40 @@ class Section:
             self._reader = SectionReader(self._map, *args)
             self._snapshot = snapshot_type(schema.fields)
             self._address = libc.buffer_address(self._map)
+            if sys.byteorder == "little":
+                self._view = memoryview(self._map)
+                self._seq_word = self._view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
+            else:
+                self._seq_word = _NoWord()
+            self.publish = self._not_publishing
             if producer:
                 self._writer = SectionWriter(self._map, *args)
                 self._port.ioctl(IOCTL_SEAL_SECTION, _U32.pack(section_id))
+                self.publish = self._writer.publisher(time.time_ns, self._wake)
         except BaseException:
             self._release()
             raise
 
     # --- reading ------------------------------------------------------------------------------
 
+    # The read path, as SharedPage's: the last snapshot is kept with the `seq` it was stable at.
+    # While `seq` still holds that value nothing was published, and the driver's stop moves
+    # `seq` too, so the snapshot is still the section's content: a read is one 8-byte load.
+
     def read(self) -> Snapshot:
         """A consistent snapshot (the latch); no system call. ValueError once closed."""
+        if self._seq_word[0] == self._last_seq:
+            return self._last
+        return self._refresh()
+
+    def _refresh(self) -> Snapshot:
         if self._map is None:
             raise ValueError(f"section {self.name} is closed")
-        values = self._reader.read()
-        state = state_from_code(values[2])  # type: ignore[arg-type]
-        return tuple.__new__(self._snapshot, (values[0], values[1], state, *values[3:]))
+        seq, values = self._reader.read_seq()
+        state = _STATES.get(values[2], SectionState.STOPPED)  # type: ignore[call-overload]
+        snap = tuple.__new__(self._snapshot, (values[0], values[1], state, *values[3:]))
+        self._last, self._last_seq = snap, seq
+        return snap
 
     @property
     def state(self) -> SectionState:
@@ -214,17 +268,19 @@ class Section:
 
     # --- publishing ---------------------------------------------------------------------------
 
-    def publish(self, **values: object) -> int:
-        """One consistent update of the fields named; the others keep their values. A value of
-        the wrong type, out of range or too long raises ValueError and changes nothing. No
-        system call unless a reader waits; then one FUTEX_WAKE for all. Returns the update count."""
-        writer, mapping = self._writer, self._map
-        if writer is None or mapping is None:
-            raise ValueError(f"section {self.name} is not open for publishing")
-        updates = writer.publish(values, time.time_ns())
-        if _U32.unpack_from(mapping, WAITERS_OFFSET)[0]:
-            libc.futex_wake(self._address + SEQ_OFFSET)
-        return updates
+    #: `publish(**values)`: one consistent update of the fields named; the others keep their
+    #: values. A value of the wrong type, out of range or too long (or an unknown name) raises
+    #: ValueError and changes nothing. No system call unless a reader waits; then one FUTEX_WAKE
+    #: for all of them. Returns the update count. A reader's section, or a closed one, raises
+    #: ValueError. (Generated per schema by SectionWriter.publisher: a call binds keywords with
+    #: no dict.)
+    publish: Callable[..., int]
+
+    def _not_publishing(self, **values: object) -> int:
+        raise ValueError(f"section {self.name} is not open for publishing")
+
+    def _wake(self) -> None:
+        libc.futex_wake(self._address + SEQ_OFFSET)
 
     # --- waiting ------------------------------------------------------------------------------
 
@@ -300,12 +356,19 @@ class Section:
         self._release()
 
     def _release(self) -> None:
+        self.publish = self._not_publishing
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.release()
+        word, self._seq_word = self._seq_word, _CLOSED
+        if isinstance(word, memoryview):
+            word.release()
+            self._view.release()
         mapping, self._map = self._map, None
         if mapping is not None:
-            mapping.close()
+            # A caller's memoryview of it still alive: the GC unmaps it when that goes.
+            with contextlib.suppress(BufferError):
+                mapping.close()
 
     def __enter__(self) -> Section:
         return self
@@ -316,69 +379,6 @@ class Section:
     def __repr__(self) -> str:
         role = "producer" if self.producer else "reader"
         return f"<Section {self.name!r} {role}{' closed' if self.closed else ''}>"
-
-
-# --- the built-in section `time` ----------------------------------------------------------------
-
-#: The page ABI's fields (page-abi.md) as a section's; `state` and `instance_id` are the
-#: section's own attributes, `seq` is the seqlock's.
-TIME_FIELDS: Final = (
-    Field("local_time", "i64", unit="filetime", doc="local time, 100 ns since 1601-01-01 (the seed's value)"),
-    Field("system_time", "i64", unit="filetime", doc="UTC, 100 ns since 1601-01-01"),
-    Field("time_zone_bias", "i64", unit="100ns", doc="UTC minus local"),
-    Field("realtime_ns", "i64", unit="ns", doc="CLOCK_REALTIME since the Unix epoch"),
-    Field("monotonic_ns", "i64", unit="ns", doc="CLOCK_MONOTONIC at the update"),
-    Field("tick_count", "u64", doc="updates since the page was created"),
-    Field("interval_ns", "u64", unit="ns", doc="timer period"),
-    Field("writer_pid", "u32", doc="pid of the driver process"),
-)
-_TIME_SNAPSHOT: Final = snapshot_type(TIME_FIELDS)
-
-
-class TimeSection:
-    """The seed's page as a section: the same reads and waits, fields named by the page ABI."""
-
-    name: Final = "time"
-    fields: Final = TIME_FIELDS
-    producer = False
-
-    def __init__(self, page: SharedPage) -> None:
-        self._page = page
-        first = page.read()
-        self.instance_id: bytes = first.instance_id
-        self.producer_pid: int = first.writer_pid
-        self.producer_uid = -1
-
-    @staticmethod
-    def _convert(snap: PageSnapshot) -> Snapshot:
-        values = (snap.tick_count, snap.realtime_ns, state_from_code(snap.state), *snap[1:8], snap.writer_pid)
-        return tuple.__new__(_TIME_SNAPSHOT, values)
-
-    def read(self) -> Snapshot:
-        return self._convert(self._page.read())
-
-    @property
-    def state(self) -> SectionState:
-        return self.read().state
-
-    @property
-    def closed(self) -> bool:
-        return self._page.closed
-
-    def wait_next(self, timeout: float | None = None) -> Snapshot:
-        return self._convert(self._page.wait_next(timeout))
-
-    async def next_update(self) -> Snapshot:
-        return self._convert(await self._page.next_update())
-
-    def close(self) -> None:
-        """The page belongs to the device (map_shared_memory); it is unmapped with it."""
-
-    def __enter__(self) -> TimeSection:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def new_fields(fields: Iterable[Field]) -> tuple[Field, ...]:

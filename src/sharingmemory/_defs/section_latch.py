@@ -7,9 +7,11 @@ producer killed at any instruction leaves the copy `seq` names complete.
 
 from __future__ import annotations
 
+import keyword
 import math
 import struct
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from .section import (
@@ -17,6 +19,7 @@ from .section import (
     MAX_READ_ATTEMPTS,
     SEQ_OFFSET,
     TYPES,
+    WAITERS_OFFSET,
     Field,
     SectionFormatError,
     SectionTornError,
@@ -61,7 +64,11 @@ def _copy_order(fields: Sequence[Field], offsets: Sequence[int]) -> tuple[int, .
 class SectionWriter:
     """The producer's side of the latch over its writable mapping. One writer per section, not
     thread-safe (the latch's rule). Keeps its own copy of the values and of `seq`, so it never
-    reads the shared page back: a reader cannot steer it (readers cannot write anyway)."""
+    reads the shared page back: a reader cannot steer it (readers cannot write anyway).
+
+    Cost: a publish packs the whole copy twice with one precompiled struct each time (the copy
+    being written is the one readers do not look at, so struct's zero-then-fill of its target is
+    harmless there; `seq` itself is stored through a one-item 'Q' view, one 8-byte store)."""
 
     def __init__(self, buffer: object, fields: Sequence[Field], offsets: Sequence[int], data_offset: int,
                  data_size: int) -> None:  # fmt: skip
@@ -70,54 +77,129 @@ class SectionWriter:
             raise ValueError("SectionWriter needs the writable mapping of its section")
         self._view = view
         self._seq_word = view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
+        self._waiters = view[WAITERS_OFFSET : WAITERS_OFFSET + 4].cast("I")
         self._seq = _SEQ.unpack_from(view, SEQ_OFFSET)[0]
         self._copy0 = data_offset
         self._copy1 = data_offset + data_size
-        self._size = data_size
-        self._data = bytearray(view[self._copy0 + (self._seq & 1) * data_size :][:data_size])
-        self._updates = _COPY_HEADER.unpack_from(self._data, 0)[0]
-        self._packers: dict[str, tuple[int, str, int, struct.Struct]] = {}
-        for item, offset in zip(fields, offsets, strict=True):
-            fmt = f"<{item.length}s" if item.type == "str" else "<" + TYPES[item.type].fmt
-            self._packers[item.name] = (offset, item.type, item.length, struct.Struct(fmt))
+        self._struct = _copy_struct(fields, offsets, data_size)
+        self._pack_into = self._struct.pack_into
+        self._values = list(self._struct.unpack_from(view, data_offset + (self._seq & 1) * data_size))
+        self._slots: dict[str, tuple[int, type | None, float | None, float | None, str, int]] = {}
+        order = _copy_order(fields, offsets)
+        for item, index in zip(fields, order, strict=True):
+            exact, low, high = _FAST.get(item.type, (None, None, None))
+            self._slots[item.name] = (index, exact, low, high, item.type, item.length)
 
     @property
     def updates(self) -> int:
-        return int(self._updates)
+        return int(self._values[0])
 
     def publish(self, values: Mapping[str, object], published_ns: int) -> int:
         """One consistent update of the fields named in `values`; the others keep their values.
         Every value is checked first: a bad one raises ValueError and nothing changes.
         Returns the new update count."""
-        data = self._data
-        packers = self._packers
-        staged = []
+        new = self._values.copy()
+        slots = self._slots
         for name, value in values.items():
-            spec = packers.get(name)
-            if spec is None:
+            slot = slots.get(name)
+            if slot is None:
                 raise ValueError(f"no field {name!r} in this section")
-            staged.append((spec, _check_value(name, spec[1], spec[2], value)))
-        for (offset, _kind, _length, packer), value in staged:
-            packer.pack_into(data, offset, value)
-        self._updates += 1
-        _COPY_HEADER.pack_into(data, 0, self._updates, published_ns)
-        view, word, size = self._view, self._seq_word, self._size
-        self._seq += 1
-        word[0] = _le64(self._seq)  # odd: readers use copy 1 while copy 0 changes
-        view[self._copy0 : self._copy0 + size] = data
-        self._seq += 1
-        word[0] = _le64(self._seq)  # even: readers use copy 0 while copy 1 changes
-        view[self._copy1 : self._copy1 + size] = data
-        return int(self._updates)
+            index, exact, low, high = slot[0], slot[1], slot[2], slot[3]
+            # The common cases inline (an exact float, an int in range); the rest, and every
+            # refusal, through _check_value.
+            if type(value) is exact and (low is None or low <= value <= high):  # type: ignore[operator]
+                new[index] = value
+            else:
+                new[index] = _check_value(name, slot[4], slot[5], value)
+        updates = new[0] + 1
+        new[0], new[1] = updates, published_ns
+        self._values = new
+        word, pack_into, seq = self._seq_word, self._pack_into, self._seq
+        word[0] = seq + 1 if _LITTLE else _le64(seq + 1)  # odd: readers use copy 1 while copy 0 changes
+        pack_into(self._view, self._copy0, *new)
+        word[0] = seq + 2 if _LITTLE else _le64(seq + 2)  # even: readers use copy 0 while copy 1 changes
+        pack_into(self._view, self._copy1, *new)
+        self._seq = seq + 2
+        return int(updates)
 
-    @property
-    def seq_address_view(self) -> memoryview:
-        """The `seq` word, for the futex wake (its low half is the futex word)."""
-        return self._seq_word
+    def publisher(self, now: Callable[[], int], wake: Callable[[], object]) -> Callable[..., int]:
+        """`publish` as a function with one keyword parameter per field, generated for this
+        schema (as namedtuple and dataclasses generate theirs): the call binds its arguments with
+        no dict, each given value is checked inline, then the latch is written as `publish` does.
+        `now()` gives published_ns; `wake()` runs after the write when the section's `waiters`
+        word is not 0. Falls back to `publish` for names Python cannot take as parameters
+        (keywords) and on big-endian machines. ValueError as `publish`; unknown names too."""
+        names = list(self._slots)
+        if not _LITTLE or any(keyword.iskeyword(n) or n.startswith("_") for n in names):
+
+            def generic(**values: object) -> int:
+                updates = self.publish(values, now())
+                if self._waiters[0]:
+                    wake()
+                return updates
+
+            return generic
+        scope: dict[str, object] = {
+            "_M": _MISSING, "_self": self, "_check": _check_value, "_now": now, "_wake": wake,
+            "_word": self._seq_word, "_waiters": self._waiters, "_pack": self._pack_into, "_view": self._view,
+            "_copy0": self._copy0, "_copy1": self._copy1, "_type": type, "_unknown_field": _unknown_field,
+        }  # fmt: skip
+        # Every name the body uses starts with "_", which no field name can: a field called
+        # `type`, `new` or `seq` shadows nothing.
+        lines = [f"def publish(*, {', '.join(f'{n}=_M' for n in names)}, **_unknown):"]
+        lines.append("    if _unknown:\n        _unknown_field(_unknown)")
+        lines.append("    _new = _self._values.copy()")
+        for position, name in enumerate(names):
+            index, exact, low, high, kind, length = self._slots[name]
+            scope[f"_t{position}"], scope[f"_lo{position}"], scope[f"_hi{position}"] = exact, low, high
+            fast = f"_type({name}) is _t{position}"
+            if low is not None:
+                fast += f" and _lo{position} <= {name} <= _hi{position}"
+            check = f"_check({name!r}, {kind!r}, {length}, {name})"
+            lines.append(f"    if {name} is not _M:")
+            value = f"{name} if {fast} else {check}" if exact else check
+            lines.append(f"        _new[{index}] = {value}")
+        lines += [
+            "    _updates = _new[0] + 1",
+            "    _new[0] = _updates",
+            "    _new[1] = _now()",
+            "    _self._values = _new",
+            "    _seq = _self._seq",
+            "    _word[0] = _seq + 1",  # odd: readers use copy 1 while copy 0 changes
+            "    _pack(_view, _copy0, *_new)",
+            "    _word[0] = _seq + 2",  # even: readers use copy 0 while copy 1 changes
+            "    _pack(_view, _copy1, *_new)",
+            "    _self._seq = _seq + 2",
+            "    if _waiters[0]:",
+            "        _wake()",
+            "    return _updates",
+        ]
+        exec("\n".join(lines), scope)
+        function = scope["publish"]
+        assert callable(function)
+        return function
 
     def release(self) -> None:
+        self._waiters.release()
         self._seq_word.release()
         self._view.release()
+
+
+_MISSING: Final = object()
+
+
+def _unknown_field(values: Mapping[str, object]) -> None:
+    raise ValueError(f"no field {next(iter(values))!r} in this section")
+
+
+_LITTLE: Final = sys.byteorder == "little"
+#: Per type: the exact Python type accepted without a call, and its inclusive range.
+_FAST: Final[dict[str, tuple[type, float | None, float | None]]] = {
+    "f64": (float, None, None),
+    "f32": (float, -_F32_MAX, _F32_MAX),
+    "bool": (bool, None, None),
+    **{kind: (int, low, high) for kind, (low, high) in _INT_RANGES.items()},
+}
 
 
 def _check_value(name: str, kind: str, length: int, value: object) -> object:
@@ -177,25 +259,39 @@ class SectionReader:
         self._struct = _copy_struct(fields, offsets, data_size)
         self._order = _copy_order(fields, offsets)
         self._strs = tuple(i for i, item in enumerate(fields) if item.type == "str")
+        self._in_order = self._order == tuple(range(2, 2 + len(fields)))
         view.release()
 
-    def read_raw(self) -> tuple[object, ...]:
-        """One consistent copy by the latch: (updates, published_ns, *values in copy order)."""
+    def read_raw(self) -> tuple[int, tuple[object, ...]]:
+        """One consistent copy by the latch: (the seq it was stable at, (updates, published_ns,
+        *values in copy order)). The first try is written out: it is the only one a reader needs
+        unless the producer published during the copy."""
         buffer = self._buffer
         unpack, seq_of, copies = self._struct.unpack_from, _SEQ.unpack_from, self._copies
+        seq = seq_of(buffer, SEQ_OFFSET)[0]  # type: ignore[arg-type]
+        values = unpack(buffer, copies[seq & 1])  # type: ignore[arg-type]
+        if seq_of(buffer, SEQ_OFFSET)[0] == seq:  # type: ignore[arg-type]
+            return seq, values
         for _ in range(MAX_READ_ATTEMPTS):
             seq = seq_of(buffer, SEQ_OFFSET)[0]  # type: ignore[arg-type]
             values = unpack(buffer, copies[seq & 1])  # type: ignore[arg-type]
             if seq_of(buffer, SEQ_OFFSET)[0] == seq:  # type: ignore[arg-type]
-                return tuple(values)
+                return seq, values
         raise SectionTornError("the producer published on every read attempt")
 
-    def read(self) -> tuple[object, ...]:
-        raw = self.read_raw()
-        state = read_state(self._buffer)
-        result: list[object] = [raw[0], raw[1], state, *(raw[i] for i in self._order)]
+    def read_seq(self) -> tuple[int, tuple[object, ...]]:
+        """(seq, (updates, published_ns, state code, *values in declaration order))."""
+        seq, raw = self.read_raw()
+        head = (raw[0], raw[1], read_state(self._buffer))
+        if self._in_order and not self._strs:
+            return seq, head + raw[2:]
+        result: list[object] = [*head, *(raw[i] for i in self._order)]
         for index in self._strs:
             value = result[3 + index]
             assert isinstance(value, bytes)
             result[3 + index] = value.split(b"\0", 1)[0].decode("utf-8", "replace")
-        return tuple(result)
+        return seq, tuple(result)
+
+    def read(self) -> tuple[object, ...]:
+        """(updates, published_ns, state code, *values in declaration order)."""
+        return self.read_seq()[1]
