@@ -306,13 +306,16 @@ class Section:
             if snap is None:
                 raise DeviceNotConnected(f"the driver died while waiting on section {self.name}")
 
-    def wait_next(self, timeout: float | None = None) -> Snapshot:
+    def wait_next(self, timeout: float | None = None, *, after: Snapshot | None = None) -> Snapshot:
         """Block until a publish newer than the last one this method returned (on the first
-        call: newer than the section at the call), or the stop; return its snapshot.
+        call: newer than the section at the call; with `after`: newer than that snapshot), or
+        the stop; return its snapshot.
 
         A stopped section returns at once (check `.state`). Raises IoTimeout (a TimeoutError)
         after `timeout` seconds, DeviceNotConnected if the driver dies meanwhile."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if after is not None:
+            self._seen = after.updates
         self._register()
         while True:
             mapping = self._map

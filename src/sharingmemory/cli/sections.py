@@ -14,9 +14,10 @@ import json
 import sys
 from typing import Any
 
-from .._client import Device, open_device
+from .._client import Device, Section, Snapshot, TimeSection, open_device
 from .._defs import DEVICE_NAME, Field, ObjectNameInvalid, ObjectNameNotFound
 from .._driver import ProducerPolicy, SectionLimits
+from .exits import EXIT_DRIVER_STOPPED as EXIT_STOPPED
 from .exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError
 from .options import parse_id, parse_positive, socket_help
 
@@ -129,16 +130,54 @@ def print_section(device: Device, name: str, *, as_json: bool) -> int:
         raise CommandError(str(err), EXIT_USAGE) from None
     snap = section.read()
     if as_json:
-        print(json.dumps({
-            "section": name, "state": str(snap.state), "updates": snap.updates, "published_ns": snap.published_ns,
-            "instance_id": section.instance_id.hex(), "values": snap.as_dict(),
-        }))  # fmt: skip
+        print(json.dumps(_snapshot_json(name, section, snap)))
         return EXIT_OK
     width = max(len(f.name) for f in section.fields)
     print(f"{name}  {snap.state}  updates {snap.updates}")
     for item in section.fields:
         print(f"  {item.name:<{width}}  {snap[item.name]!s:>20}  {item.unit}".rstrip())
     return EXIT_OK
+
+
+def _snapshot_json(name: str, section: Section | TimeSection, snap: Snapshot) -> dict[str, object]:
+    """The JSON form of one snapshot, for `read SECTION --json` and `watch SECTION --json`."""
+    return {
+        "section": name, "state": str(snap.state), "updates": snap.updates, "published_ns": snap.published_ns,
+        "instance_id": section.instance_id.hex(), "values": snap.as_dict(),
+    }  # fmt: skip
+
+
+def _frame(name: str, section: Section, snap: Snapshot) -> list[str]:
+    width = max(len(f.name) for f in section.fields)
+    lines = [f"{name}  {snap.state}  updates {snap.updates}"]
+    lines += [f"  {f.name:<{width}}  {snap[f.name]!s:>20}  {f.unit}".rstrip() for f in section.fields]
+    return lines
+
+
+def watch_section(args: argparse.Namespace) -> int:
+    """`watch SECTION`: a table of name, value and unit, redrawn at each publish on a terminal,
+    one block per publish on a pipe, one JSON object per publish with --json; `--count N` stops
+    after N publishes. A stopped section ends it with exit status 3."""
+    terminal = sys.stdout.isatty() and not args.json
+    with open_device(args.socket or DEVICE_NAME, timeout=args.timeout) as device:
+        try:
+            section = device.open_section(args.section)
+        except ObjectNameNotFound:
+            raise CommandError(f"no section named {args.section!r} (see: sharingmemory list)", EXIT_ERROR) from None
+        assert isinstance(section, Section)
+        snap, shown = section.read(), 0
+        while True:
+            if args.json:
+                print(json.dumps(_snapshot_json(args.section, section, snap)), flush=True)
+            else:
+                prefix = "\x1b[H\x1b[2J" if terminal else ""  # home and clear: redraw in place
+                print(prefix + "\n".join(_frame(args.section, section, snap)) + ("" if terminal else "\n"), flush=True)
+            if snap.state == "stopped":
+                raise CommandError(f"section {args.section!r} stopped (its producer closed or died)", EXIT_STOPPED)
+            if args.count is not None and shown >= args.count:
+                return EXIT_OK
+            snap = section.wait_next(after=snap)  # after the one shown: no publish lost in between
+            shown += 1
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
