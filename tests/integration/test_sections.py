@@ -312,3 +312,29 @@ def test_sections_leak_no_fds_and_the_driver_frees_them(driver: DriverProcess, n
             reader.open_section("churn").read()
     assert wait_for(lambda: len(driver.fds()) <= before)
     assert not driver.memfd_mappings() or all("section:" not in line for line in driver.memfd_mappings())
+
+
+def test_a_waiter_notices_a_driver_killed_without_a_word(tmp_path: Path) -> None:
+    """SIGKILL of the driver writes no state=stopped: the bounded futex sleeps look at the device
+    socket between them, so the waiter ends with DeviceNotConnected instead of waiting for ever."""
+    with start_driver(tmp_path) as driver:
+        producer = Producer(driver)
+        device = driver.open()
+        section = device.open_section("sensors.cpu")
+        outcome: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                section.wait_next(timeout=60)
+            except BaseException as err:
+                outcome.append(err)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        assert wait_for(lambda: _waiters(driver) == 1)
+        driver.process.send_signal(signal.SIGKILL)
+        waiter.join(60)
+        assert len(outcome) == 1 and isinstance(outcome[0], sharingmemory.DeviceNotConnected), outcome
+        assert section.read().as_dict() == values(1)  # the mapping is still there
+        producer.kill()
+        device.close()
