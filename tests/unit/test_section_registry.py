@@ -61,13 +61,13 @@ def _open(drv: Driver, cred: Credentials, access: int = FILE_READ_DATA | FILE_WR
     return handle
 
 
-def _ioctl(drv: Driver, handle: Handle, code: int, data: bytes = b"", out: int = 0) -> Completion:
+def _ioctl(drv: Driver, handle: Handle, code: int, data: bytes = b"", out: int = 64) -> Completion:
     return drv.dispatch(handle, Request(MajorFunction.IRP_MJ_DEVICE_CONTROL, 2, code, out, data))
 
 
 def _create(drv: Driver, handle: Handle, name: str = "sensors.cpu", **kw: tuple[int, ...]) -> Completion:
     request = CreateRequest(name, FIELDS, kw.get("uids", ()), kw.get("gids", ()))
-    return _ioctl(drv, handle, IOCTL_CREATE_SECTION, encode_create(request))
+    return _ioctl(drv, handle, IOCTL_CREATE_SECTION, encode_create(request), 64)
 
 
 class Produced:
@@ -100,11 +100,14 @@ def test_create_seal_open(driver: Driver) -> None:
     produced = Produced(_create(driver, producer))
     assert read_state(produced.map) == 0  # initializing until sealed
     reader = _open(driver, READER, FILE_READ_DATA)
-    assert _ioctl(driver, reader, IOCTL_OPEN_SECTION, b"sensors.cpu").status == NtStatus.STATUS_OBJECT_NAME_NOT_FOUND
+    assert (
+        _ioctl(driver, reader, IOCTL_OPEN_SECTION, b"sensors.cpu", 64).status == NtStatus.STATUS_OBJECT_NAME_NOT_FOUND
+    )
     assert _ioctl(driver, producer, IOCTL_SEAL_SECTION, produced.id_bytes).status == NtStatus.STATUS_SUCCESS
     assert read_state(produced.map) == 1
     produced.map[200] = 7  # the producer's mapping made before the seal still writes
-    opened = _ioctl(driver, reader, IOCTL_OPEN_SECTION, b"sensors.cpu")
+    assert _ioctl(driver, reader, IOCTL_OPEN_SECTION, b"sensors.cpu", 31).status == NtStatus.STATUS_BUFFER_TOO_SMALL
+    opened = _ioctl(driver, reader, IOCTL_OPEN_SECTION, b"sensors.cpu", 64)
     assert opened.status == NtStatus.STATUS_SUCCESS
     assert opened.fd is not None
     with opened.fd:
@@ -130,6 +133,14 @@ def _write_through_reopen(fd: int) -> None:
         os.write(reopened, b"x")
     finally:
         os.close(reopened)
+
+
+def test_a_short_output_buffer_creates_nothing(driver: Driver) -> None:
+    handle = _open(driver, PRODUCER)
+    for length in (0, 31):
+        request = encode_create(CreateRequest("short", FIELDS))
+        reply = _ioctl(driver, handle, IOCTL_CREATE_SECTION, request, length)
+        assert (reply.status, reply.fd, len(driver.sections)) == (NtStatus.STATUS_BUFFER_TOO_SMALL, None, 0)
 
 
 def test_read_only_handles_cannot_create(driver: Driver) -> None:

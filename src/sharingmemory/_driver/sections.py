@@ -192,7 +192,9 @@ class SectionRegistry:
 
     # --- the producer's requests --------------------------------------------------------------
 
-    def _create(self, handle_id: int, peer: Peer, data: bytes, _out: int) -> SectionReply:
+    def _create(self, handle_id: int, peer: Peer, data: bytes, output_length: int) -> SectionReply:
+        if output_length < SECTION_REPLY.size:  # nothing useful fits: the NT contract, nothing made
+            return SectionReply(NtStatus.STATUS_BUFFER_TOO_SMALL)
         if not self.policy.allows(peer):
             log.info("section CREATE refused: uid %d gid %d is not an allowed producer", peer.uid, peer.gid)
             return SectionReply(NtStatus.STATUS_ACCESS_DENIED)
@@ -304,7 +306,9 @@ class SectionRegistry:
             return NtStatus.STATUS_ACCESS_DENIED
         return section
 
-    def _open(self, handle_id: int, peer: Peer, data: bytes, _out: int) -> SectionReply:
+    def _open(self, handle_id: int, peer: Peer, data: bytes, output_length: int) -> SectionReply:
+        if output_length < SECTION_REPLY.size:
+            return SectionReply(NtStatus.STATUS_BUFFER_TOO_SMALL)
         found = self._lookup(peer, data)
         if isinstance(found, int):
             return SectionReply(found)
