@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import open_cycle, peers, read_path, report, scale, syscalls, timer
+from . import open_cycle, peers, read_path, report, scale, sections, syscalls, timer
 from ._common import ROOT, Config, Section
 
 BENCHMARKS: dict[str, Callable[[Config], Section]] = {
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[Config], Section]] = {
     "open_cycle": open_cycle.run,
     "timer": timer.run,
     "scale": scale.run,
+    "sections": sections.run,
 }
 
 

@@ -12,6 +12,11 @@ straight from memory with no call into the driver.
 
 from . import winioctl
 from ._client import Device, IoResult, SharedPage, open_device
+
+# Sections (docs/section-abi.md): anyone authorised publishes named, self-describing values.
+from ._client import Section as Section
+from ._client import Snapshot as Snapshot
+from ._client import TimeSection as TimeSection
 from ._defs import (
     DEVICE_NAME,
     EPOCH_AS_FILETIME,
@@ -51,6 +56,11 @@ from ._defs import (
     default_socket_path,
     filetime_to_datetime,
 )
+from ._defs import Field as Field
+from ._defs import SectionFormatError as SectionFormatError
+from ._defs import SectionInfo as SectionInfo
+from ._defs import SectionState as SectionState
+from ._defs import SectionTornError as SectionTornError
 from ._defs.ioctl import CTL_CODE
 from ._include import get_include
 
@@ -73,6 +83,7 @@ __all__ = [
     "DeviceNotConnected",
     "DeviceNotFound",
     "DriverStatus",
+    "Field",
     "InsufficientResources",
     "InvalidDeviceRequest",
     "InvalidDeviceState",
@@ -90,8 +101,15 @@ __all__ = [
     "PageTornError",
     "QuotaExceeded",
     "RevisionMismatch",
+    "Section",
+    "SectionFormatError",
+    "SectionInfo",
+    "SectionState",
     "SectionTooBig",
+    "SectionTornError",
     "SharedPage",
+    "Snapshot",
+    "TimeSection",
     "TooManyOpenedFiles",
     "Unsuccessful",
     "UntrustedDevice",

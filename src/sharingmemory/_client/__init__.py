@@ -10,6 +10,7 @@ from .device import (
 from .opening import (
     open_device,
 )
+from .section import Section, Snapshot
 from .shared_page import (
     SharedPage,
 )
@@ -17,11 +18,15 @@ from .ticks import (
     next_deadline_delay,
     retry_step,
 )
+from .time_section import TimeSection
 
 __all__ = [
     "Device",
     "IoResult",
+    "Section",
     "SharedPage",
+    "Snapshot",
+    "TimeSection",
     "next_deadline_delay",
     "open_device",
     "retry_step",

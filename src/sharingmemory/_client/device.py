@@ -33,15 +33,20 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import threading
 import warnings
 import weakref
+from collections.abc import Iterable
 from typing import Final, NamedTuple
 
 from .._defs import (
+    IOCTL_CREATE_SECTION,
     IOCTL_GIVE_ME_YOUR_MEMORY,
+    IOCTL_LIST_SECTIONS,
+    IOCTL_OPEN_SECTION,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
     MAX_INPUT_LENGTH,
@@ -49,9 +54,11 @@ from .._defs import (
     MAX_OUTPUT_LENGTH,
     STATUS_STRUCT_SIZE,
     AccessDenied,
+    CreateRequest,
     DeviceNotConnected,
     DeviceNotFound,
     DriverStatus,
+    Field,
     InsufficientResources,
     InvalidHandle,
     InvalidParameter,
@@ -62,9 +69,12 @@ from .._defs import (
     ObjectNameInvalid,
     RemoteProtocolError,
     Request,
+    SectionInfo,
     Unsuccessful,
     decode_driver_status,
+    decode_list,
     decode_reply,
+    encode_create,
     encode_request,
     exception_for,
     raise_for_status,
@@ -72,8 +82,10 @@ from .._defs import (
 )
 from .._sys import Fd, close_all, unix
 from .arguments import unsigned
+from .section import IoctlResult, Section
 from .shared_page import SharedPage
 from .ticks import TickEvent
+from .time_section import TimeSection
 from .trust import check_directory, check_page_fd, check_peer, check_tick_fd, trusted_uids
 
 DEFAULT_TIMEOUT: Final = 5.0
@@ -353,6 +365,7 @@ class Device:
         page, self._page = self._page, None
         if page is not None:
             page.close()  # first: it wakes tick waiters and waits for them to leave
+        self._close_sections()
         if self._sock is None:
             return
         if self._inherited:
@@ -404,6 +417,92 @@ class Device:
 
     def __repr__(self) -> str:
         return f"<Device {self.path!r}{' closed' if self.closed else ''}>"
+
+    # --- sections (docs/section-abi.md; the work is in section.py) ----------------------------
+
+    _sections: tuple[Section, ...] = ()
+
+    def create_section(
+        self,
+        name: str,
+        fields: Iterable[Field],
+        *,
+        readers_uids: Iterable[int] = (),
+        readers_gids: Iterable[int] = (),
+    ) -> Section:
+        """NtCreateSection: a new named section this handle produces, live while the handle is
+        open. Needs a handle opened with access "w" or "rw". Raises ObjectNameInvalid,
+        ObjectNameCollision, AccessDenied, SectionTooBig, QuotaExceeded; ValueError for a
+        field list that breaks the schema rules (duplicate names, none, too many)."""
+        try:
+            data = encode_create(CreateRequest(name, tuple(fields), tuple(readers_uids), tuple(readers_gids)))
+        except ValueError as err:
+            if "section name" in str(err):
+                raise ObjectNameInvalid(str(err)) from None
+            raise
+        result = self._section_port.ioctl(IOCTL_CREATE_SECTION, data, 64)
+        return self._keep(Section(self._section_port, name, result.output, result.fd, producer=True))
+
+    def open_section(self, name: str) -> Section | TimeSection:
+        """NtOpenSection + NtMapViewOfSection(PAGE_READONLY): a section mapped read-only and
+        sealed; `time` is the driver's own page. Raises ObjectNameNotFound, ObjectNameInvalid,
+        AccessDenied (outside the section's readers)."""
+        if name == "time":
+            return TimeSection(self.map_shared_memory())
+        result = self._section_port.ioctl(IOCTL_OPEN_SECTION, str(name).encode("utf-8", "replace"), 64)
+        return self._keep(Section(self._section_port, name, result.output, result.fd, producer=False))
+
+    def list_sections(self) -> list[SectionInfo]:
+        """Every live section this handle may read: name, fields, producer_uid, producer_pid,
+        state, updates (and instance_id)."""
+        found: list[SectionInfo] = []
+        while True:
+            result = self._section_port.ioctl(IOCTL_LIST_SECTIONS, _U32.pack(len(found)), MAX_OUTPUT_LENGTH)
+            try:
+                total, entries = decode_list(result.output)
+            except ValueError as err:
+                raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, f"unreadable section list: {err}") from err
+            found += entries
+            if len(found) >= total or not entries:
+                return found
+
+    @property
+    def _section_port(self) -> _SectionPort:
+        return _SectionPort(self)
+
+    def _keep(self, section: Section) -> Section:
+        self._sections = (*(s for s in self._sections if not s.closed), section)
+        return section
+
+    def _close_sections(self) -> None:
+        sections, self._sections = self._sections, ()
+        for section in sections:
+            section.close()
+
+
+class _SectionPort:
+    """The three calls a Section makes on its device (section.py's `_Port`)."""
+
+    def __init__(self, device: Device) -> None:
+        self._device = device
+
+    def ioctl(self, code: int, input: bytes = b"", output_length: int = 0) -> IoctlResult:
+        reply = self._device._call(
+            MajorFunction.IRP_MJ_DEVICE_CONTROL, code=code, input=input, output_length=output_length
+        )
+        return IoctlResult(reply.status, reply.output, reply.fd)
+
+    def hung_up(self) -> bool:
+        sock = self._device._sock
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), _POLLRDHUP)
+        return any(events & (select.POLLHUP | select.POLLERR | _POLLRDHUP) for _fd, events in poller.poll(0))
+
+
+_U32 = struct.Struct("<I")
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
 
 #: Statuses after which the connection cannot be used any more (the driver closes it too).

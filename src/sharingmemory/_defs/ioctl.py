@@ -85,3 +85,18 @@ IOCTL_QUERY_STATUS = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x801, METHOD_BUFFERED, FILE_
 #: A tick channel the driver makes readable after each tick (and when the page stops), for
 #: readers that want to wait for the tick instead of sleeping beside it. 0x00226008.
 IOCTL_REGISTER_TICK_EVENT = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x802, METHOD_BUFFERED, FILE_READ_ACCESS)
+
+# Sections (docs/section-abi.md): named, self-describing pages that any authorised producer
+# publishes. Creating one needs a handle opened for writing, as NtCreateSection needs write access.
+#: Create a named section; the reply brings the unsealed memfd for the producer to map. 0x0022A00C.
+IOCTL_CREATE_SECTION = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x803, METHOD_BUFFERED, FILE_WRITE_ACCESS)
+#: Seal the section the producer has mapped; from then on readers may open it. 0x0022A010.
+IOCTL_SEAL_SECTION = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x804, METHOD_BUFFERED, FILE_WRITE_ACCESS)
+#: Stop one of the caller's sections before its handle closes. 0x0022A014.
+IOCTL_CLOSE_SECTION = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x805, METHOD_BUFFERED, FILE_WRITE_ACCESS)
+#: Open a section by name: a read-only fd of the sealed memfd. 0x00226018.
+IOCTL_OPEN_SECTION = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x806, METHOD_BUFFERED, FILE_READ_ACCESS)
+#: The live sections, paged by a first index. 0x0022601C.
+IOCTL_LIST_SECTIONS = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x807, METHOD_BUFFERED, FILE_READ_ACCESS)
+#: Count this handle among a section's waiters, so its producer wakes the futex. 0x00226020.
+IOCTL_WAIT_SECTION = CTL_CODE(FILE_DEVICE_UNKNOWN, 0x808, METHOD_BUFFERED, FILE_READ_ACCESS)

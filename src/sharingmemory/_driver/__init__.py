@@ -20,6 +20,7 @@ from .peer_log import (
     PEER_LIMIT,
     PeerLineLimit,
 )
+from .sections import ProducerPolicy, SectionLimits
 
 __all__ = [
     "MAX_INTERVAL_NS",
@@ -34,4 +35,6 @@ __all__ = [
     "Handle",
     "HandleState",
     "PeerLineLimit",
+    "ProducerPolicy",
+    "SectionLimits",
 ]

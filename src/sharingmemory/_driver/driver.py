@@ -67,6 +67,7 @@ from .._sys import Fd, unix
 from .clock import Clock, SystemClock
 from .memory import SealedMemory
 from .peer_log import PEER
+from .sections import SECTION_IOCTLS, ProducerPolicy, SectionLimits, SectionRegistry
 
 log = logging.getLogger("sharingmemory.driver")
 
@@ -142,6 +143,9 @@ class DriverConfig:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     max_handles: int = 4096
     max_handles_per_uid: int = 1024
+    #: Sections (docs/section-abi.md): who may create them, and how big and how many.
+    producer_policy: ProducerPolicy = field(default_factory=ProducerPolicy)
+    section_limits: SectionLimits = field(default_factory=SectionLimits)
 
     def __post_init__(self) -> None:
         if not MIN_INTERVAL_NS <= self.interval_ns <= MAX_INTERVAL_NS:
@@ -190,6 +194,7 @@ class Driver:
         self.late_ticks = 0
         self.max_lateness_ns = 0
         self.unloaded = False
+        self.sections = SectionRegistry(self.config.section_limits, self.config.producer_policy)
         log.info(
             "driver loaded: pid %d, instance %s, interval %d ns",
             self.pid,
@@ -274,6 +279,7 @@ class Driver:
     def _cleanup(self, handle: Handle) -> None:
         """IRP_MJ_CLEANUP: release what the handle holds; the last mapped handle frees the page."""
         log.debug("handle %d: cleanup", handle.handle_id)
+        self.sections.handle_gone(handle.handle_id)  # a producer's handle going stops its sections
         if handle.tick_event is not None:
             self._tick_events.pop(handle.handle_id, None)
             # Cannot block: the last close of a socket shut for reading, with nothing queued for
@@ -360,6 +366,13 @@ class Driver:
             cut = data[: request.output_length]
             return Completion(NtStatus.STATUS_BUFFER_OVERFLOW, len(cut), cut)
         return Completion(NtStatus.STATUS_SUCCESS, len(data), data)
+
+    def _ioctl_section(self, handle: Handle, request: Request) -> Completion:
+        """The section IOCTLs, decided in `sections.py`."""
+        status, output, fd = self.sections.dispatch(
+            request.code, handle.handle_id, handle.credentials, request.input, request.output_length
+        )
+        return Completion(status, len(output), output, fd)
 
     # --- the page and its timer ---------------------------------------------------------------
 
@@ -492,4 +505,5 @@ _IOCTLS: dict[int, _Handler] = {
     IOCTL_GIVE_ME_YOUR_MEMORY: Driver._ioctl_give_me_your_memory,
     IOCTL_QUERY_STATUS: Driver._ioctl_query_status,
     IOCTL_REGISTER_TICK_EVENT: Driver._ioctl_register_tick_event,
+    **dict.fromkeys(SECTION_IOCTLS, Driver._ioctl_section),
 }

@@ -7,6 +7,8 @@ functions do; no other module touches ctypes. What is here and why:
 * `mlock(2)`: the page is locked in RAM, as the seed's non-paged pool is;
 * `timerfd_create(2)` / `timerfd_settime(2)`: `os.timerfd_create` only arrives in Python 3.13;
 * `prctl(PR_SET_TIMERSLACK)`: how late the kernel may wake the driver's timed waits;
+* `futex(2)` FUTEX_WAIT / FUTEX_WAKE on a word of a shared mapping: how section readers sleep
+  until a publish, woken by one call however many they are (the `os` module has no futex);
 * `buffer_address`: where a (possibly read-only) buffer lives, for the seed's "address of the
   page" contract; `ctypes.c_char.from_buffer` insists on a writable buffer;
 * `statfs(2)`'s f_type (`filesystem_name`), which `os.statvfs` does not report: whether a
@@ -18,7 +20,9 @@ ctypes releases the GIL around each foreign call, so none of these holds up anot
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import platform
 from typing import Final
 
 TFD_TIMER_ABSTIME: Final = 1
@@ -55,6 +59,13 @@ _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.prctl.restype = ctypes.c_int
 _libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
 _libc.statfs.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
+
+#: futex(2)'s syscall number (glibc has no wrapper); None where this module does not know it.
+_SYS_FUTEX: Final = {"x86_64": 202, "aarch64": 98, "riscv64": 98}.get(platform.machine())
+_FUTEX_WAIT: Final = 0  # shared, not FUTEX_PRIVATE_FLAG: the word lives in a memfd mapped by several processes
+_FUTEX_WAKE: Final = 1
+FUTEX_AVAILABLE: Final = _SYS_FUTEX is not None
 
 
 def _check(result: int) -> int:
@@ -115,3 +126,48 @@ def filesystem_name(path: str) -> str | None:
 def set_timer_slack(slack_ns: int) -> None:
     """prctl(PR_SET_TIMERSLACK): how late the kernel may wake this thread's timed waits."""
     _check(_libc.prctl(_PR_SET_TIMERSLACK, slack_ns, 0, 0, 0))
+
+
+def futex_wait(address: int, expected: int, timeout_ns: int | None) -> bool:
+    """FUTEX_WAIT: sleep while the u32 at `address` holds `expected`, at most `timeout_ns`.
+
+    True when woken or when the word already differed (EAGAIN), False on timeout; EINTR counts
+    as a wake-up (the caller re-reads the word anyway). Works on a PROT_READ shared mapping: the
+    kernel only reads the word (futex(2)). The GIL is released while it sleeps.
+    """
+    if _SYS_FUTEX is None:
+        raise OSError(errno.ENOSYS, "futex: unknown syscall number on this machine")
+    spec = None
+    if timeout_ns is not None:
+        spec = _Timespec(*divmod(max(0, timeout_ns), 1_000_000_000))
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(address), ctypes.c_int(_FUTEX_WAIT),
+        ctypes.c_uint32(expected & 0xFFFFFFFF), None if spec is None else ctypes.byref(spec), None, ctypes.c_int(0),
+    )  # fmt: skip
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EAGAIN, errno.EINTR):
+        return True
+    if err == errno.ETIMEDOUT:
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def futex_wake(address: int, count: int = 0x7FFFFFFF) -> int:
+    """FUTEX_WAKE: wake up to `count` waiters on the u32 at `address`; how many were woken."""
+    if _SYS_FUTEX is None:
+        raise OSError(errno.ENOSYS, "futex: unknown syscall number on this machine")
+    return int(
+        _check(
+            _libc.syscall(
+                ctypes.c_long(_SYS_FUTEX),
+                ctypes.c_void_p(address),
+                ctypes.c_int(_FUTEX_WAKE),
+                ctypes.c_int(count),
+                None,
+                None,
+                ctypes.c_int(0),
+            )
+        )
+    )

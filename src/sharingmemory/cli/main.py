@@ -20,11 +20,11 @@ from typing import Final, NoReturn
 
 from .. import __version__
 from .._defs import NtStatusError
-from . import gui, install, query, serve, watch
+from . import gui, install, query, sections, serve, watch
 from .exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_STATUS_TEXT, EXIT_USAGE, CommandError, printable
 
 #: The subcommands, in the order `--help` lists them.
-COMMANDS = (serve, install, watch, query, gui)
+COMMANDS = (serve, install, watch, query, gui, sections)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,6 +17,7 @@ from typing import Any
 
 from .._client import Device
 from .._defs import NtStatusError, resolve_device_name
+from . import sections
 from .display import snapshot_json
 from .exits import EXIT_ERROR, EXIT_OK, CommandError
 from .metrics import health, prometheus_text, status_lines
@@ -29,6 +30,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     read = commands.add_parser("read", help="print one snapshot of the shared page")
     add_client_options(read)
     read.add_argument("--json", action="store_true", help="one JSON object")
+    read.add_argument(
+        "section", nargs="?", default="time", metavar="SECTION", help="a section (default: time, the page)"
+    )
     read.set_defaults(func=cmd_read)
     status = commands.add_parser(
         "status", help="the driver's state in words (idle, running, late ticks), handles and timer"
@@ -52,6 +56,9 @@ def _open(args: argparse.Namespace) -> Iterator[Device]:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    if args.section != "time":
+        with _open(args) as device:
+            return sections.print_section(device, args.section, as_json=args.json)
     with _open(args) as device:
         snap = device.map_shared_memory().read()
     if args.json:

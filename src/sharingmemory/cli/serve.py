@@ -25,6 +25,7 @@ from .._server import (
     raise_fd_limit,
     service_manager,
 )
+from . import sections
 from .exits import EXIT_OK, EXIT_USAGE, CommandError
 from .options import parse_duration, parse_id, parse_octal_mode, parse_positive, parse_positive_seconds, socket_help
 
@@ -116,6 +117,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check the options and the service manager's environment, print 'configuration OK' and exit; "
         "creates and binds nothing",
     )
+    sections.add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
 
@@ -149,6 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         driver = DriverConfig(
             interval_ns=args.interval, policy=policy,
             max_handles=args.max_handles or max_handles, max_handles_per_uid=args.max_handles_per_uid or max_per_uid,
+            **sections.serve_config(args, os.getuid()),
         )  # fmt: skip
     except ValueError as err:
         raise CommandError(str(err), EXIT_USAGE) from err

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 
 from .._defs import STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout, resolve_device_name
+from . import sections
 from .display import Display, Frame, LatenessMeter, choose_display
 from .exits import EXIT_DRIVER_STOPPED, EXIT_OK, CommandError
 from .options import add_client_options, check_duration, parse_positive
@@ -69,10 +70,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="when the driver stops, wait for a new one at the same path and go on "
         "(waits for the first one too; never starts a private driver)",
     )
+    watch.add_argument("section", nargs="?", default="time", metavar="SECTION", help="a section (default: time)")
     watch.set_defaults(func=cmd_watch)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    if args.section != "time":
+        return sections.watch_section(args)
     options = WatchOptions(
         socket=args.socket, timeout=args.timeout, interval=args.interval,
         count=args.count, as_json=args.json, follow=args.follow, quiet=args.quiet,

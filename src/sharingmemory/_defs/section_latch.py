@@ -1,0 +1,297 @@
+"""Sections' values: the latch writer (the producer's) and reader (anyone's), over any buffer.
+
+Theory of operation in `section` and docs/section-abi.md: `seq` odd while copy 0 changes, even
+while copy 1 changes; a reader reads copy `seq & 1` and accepts it if `seq` did not move. A
+producer killed at any instruction leaves the copy `seq` names complete.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import struct
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from .section import (
+    COPY_HEADER_SIZE,
+    MAX_READ_ATTEMPTS,
+    SEQ_OFFSET,
+    TYPES,
+    WAITERS_OFFSET,
+    Field,
+    SectionFormatError,
+    SectionTornError,
+    _le64,
+    read_state,
+)
+
+_SEQ = struct.Struct("<Q")
+_COPY_HEADER = struct.Struct("<Qq")
+_F32_MAX: Final = 3.4028234663852886e38
+_INT_RANGES: Final = {
+    "i32": (-(2**31), 2**31 - 1),
+    "i64": (-(2**63), 2**63 - 1),
+    "u32": (0, 2**32 - 1),
+    "u64": (0, 2**64 - 1),
+}
+
+
+# --- values: the latch writer and reader --------------------------------------------------------
+
+
+def _copy_struct(fields: Sequence[Field], offsets: Sequence[int], data_size: int) -> struct.Struct:
+    """One struct for a whole copy: the copy header, then every known field at its offset with
+    pad bytes between, so a snapshot costs one unpack_from."""
+    parts, position = ["<Qq"], COPY_HEADER_SIZE
+    for item, offset in sorted(zip(fields, offsets, strict=True), key=lambda pair: pair[1]):
+        if offset > position:
+            parts.append(f"{offset - position}x")
+        parts.append(f"{item.length}s" if item.type == "str" else TYPES[item.type].fmt)
+        position = offset + item.length
+    del data_size
+    return struct.Struct("".join(parts))
+
+
+def _copy_order(fields: Sequence[Field], offsets: Sequence[int]) -> tuple[int, ...]:
+    """For each field in declaration order, its index in the copy struct's output."""
+    ranked = sorted(range(len(fields)), key=lambda i: offsets[i])
+    position = {field_index: rank for rank, field_index in enumerate(ranked)}
+    return tuple(position[i] + 2 for i in range(len(fields)))
+
+
+class SectionWriter:
+    """The producer's side of the latch over its writable mapping. One writer per section, not
+    thread-safe (the latch's rule). Keeps its own copy of the values and of `seq`, so it never
+    reads the shared page back: a reader cannot steer it (readers cannot write anyway).
+
+    Cost: a publish packs the whole copy twice with one precompiled struct each time (the copy
+    being written is the one readers do not look at, so struct's zero-then-fill of its target is
+    harmless there; `seq` itself is stored through a one-item 'Q' view, one 8-byte store)."""
+
+    def __init__(self, buffer: object, fields: Sequence[Field], offsets: Sequence[int], data_offset: int,
+                 data_size: int) -> None:  # fmt: skip
+        view = memoryview(buffer)  # type: ignore[arg-type]
+        if view.readonly or data_offset + 2 * data_size > len(view):
+            raise ValueError("SectionWriter needs the writable mapping of its section")
+        self._view = view
+        self._seq_word = view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
+        self._waiters = view[WAITERS_OFFSET : WAITERS_OFFSET + 4].cast("I")
+        self._seq = _SEQ.unpack_from(view, SEQ_OFFSET)[0]
+        self._copy0 = data_offset
+        self._copy1 = data_offset + data_size
+        self._struct = _copy_struct(fields, offsets, data_size)
+        self._pack_into = self._struct.pack_into
+        self._values = list(self._struct.unpack_from(view, data_offset + (self._seq & 1) * data_size))
+        self._slots: dict[str, tuple[int, type | None, float | None, float | None, str, int]] = {}
+        order = _copy_order(fields, offsets)
+        for item, index in zip(fields, order, strict=True):
+            exact, low, high = _FAST.get(item.type, (None, None, None))
+            self._slots[item.name] = (index, exact, low, high, item.type, item.length)
+
+    @property
+    def updates(self) -> int:
+        return int(self._values[0])
+
+    def publish(self, values: Mapping[str, object], published_ns: int) -> int:
+        """One consistent update of the fields named in `values`; the others keep their values.
+        Every value is checked first: a bad one raises ValueError and nothing changes.
+        Returns the new update count."""
+        new = self._values.copy()
+        slots = self._slots
+        for name, value in values.items():
+            slot = slots.get(name)
+            if slot is None:
+                raise ValueError(f"no field {name!r} in this section")
+            index, exact, low, high = slot[0], slot[1], slot[2], slot[3]
+            # The common cases inline (an exact float, an int in range); the rest, and every
+            # refusal, through _check_value.
+            if type(value) is exact and (low is None or low <= value <= high):  # type: ignore[operator]
+                new[index] = value
+            else:
+                new[index] = _check_value(name, slot[4], slot[5], value)
+        updates = new[0] + 1
+        new[0], new[1] = updates, published_ns
+        self._values = new
+        word, pack_into, seq = self._seq_word, self._pack_into, self._seq
+        word[0] = seq + 1 if _LITTLE else _le64(seq + 1)  # odd: readers use copy 1 while copy 0 changes
+        pack_into(self._view, self._copy0, *new)
+        word[0] = seq + 2 if _LITTLE else _le64(seq + 2)  # even: readers use copy 0 while copy 1 changes
+        pack_into(self._view, self._copy1, *new)
+        self._seq = seq + 2
+        return int(updates)
+
+    def publisher(self, now: Callable[[], int], wake: Callable[[], object]) -> Callable[..., int]:
+        """`publish` as a function with one keyword parameter per field, generated for this
+        schema (as namedtuple and dataclasses generate theirs): the call binds its arguments with
+        no dict, each given value is checked inline, then the latch is written as `publish` does.
+        `now()` gives published_ns; `wake()` runs after the write when the section's `waiters`
+        word is not 0. Falls back to `publish` for names Python cannot take as parameters
+        (keywords) and on big-endian machines. ValueError as `publish`; unknown names too."""
+        names = list(self._slots)
+        if not _LITTLE or any(keyword.iskeyword(n) or n.startswith("_") for n in names):
+
+            def generic(**values: object) -> int:
+                updates = self.publish(values, now())
+                if self._waiters[0]:
+                    wake()
+                return updates
+
+            return generic
+        scope: dict[str, object] = {
+            "_M": _MISSING, "_self": self, "_check": _check_value, "_now": now, "_wake": wake,
+            "_word": self._seq_word, "_waiters": self._waiters, "_pack": self._pack_into, "_view": self._view,
+            "_copy0": self._copy0, "_copy1": self._copy1, "_type": type, "_unknown_field": _unknown_field,
+        }  # fmt: skip
+        # Every name the body uses starts with "_", which no field name can: a field called
+        # `type`, `new` or `seq` shadows nothing.
+        lines = [f"def publish(*, {', '.join(f'{n}=_M' for n in names)}, **_unknown):"]
+        lines.append("    if _unknown:\n        _unknown_field(_unknown)")
+        lines.append("    _new = _self._values.copy()")
+        for position, name in enumerate(names):
+            index, exact, low, high, kind, length = self._slots[name]
+            scope[f"_t{position}"], scope[f"_lo{position}"], scope[f"_hi{position}"] = exact, low, high
+            fast = f"_type({name}) is _t{position}"
+            if low is not None:
+                fast += f" and _lo{position} <= {name} <= _hi{position}"
+            check = f"_check({name!r}, {kind!r}, {length}, {name})"
+            lines.append(f"    if {name} is not _M:")
+            value = f"{name} if {fast} else {check}" if exact else check
+            lines.append(f"        _new[{index}] = {value}")
+        lines += [
+            "    _updates = _new[0] + 1",
+            "    _new[0] = _updates",
+            "    _new[1] = _now()",
+            "    _self._values = _new",
+            "    _seq = _self._seq",
+            "    _word[0] = _seq + 1",  # odd: readers use copy 1 while copy 0 changes
+            "    _pack(_view, _copy0, *_new)",
+            "    _word[0] = _seq + 2",  # even: readers use copy 0 while copy 1 changes
+            "    _pack(_view, _copy1, *_new)",
+            "    _self._seq = _seq + 2",
+            "    if _waiters[0]:",
+            "        _wake()",
+            "    return _updates",
+        ]
+        exec("\n".join(lines), scope)
+        function = scope["publish"]
+        assert callable(function)
+        return function
+
+    def release(self) -> None:
+        self._waiters.release()
+        self._seq_word.release()
+        self._view.release()
+
+
+_MISSING: Final = object()
+
+
+def _unknown_field(values: Mapping[str, object]) -> None:
+    raise ValueError(f"no field {next(iter(values))!r} in this section")
+
+
+_LITTLE: Final = sys.byteorder == "little"
+#: Per type: the exact Python type accepted without a call, and its inclusive range.
+_FAST: Final[dict[str, tuple[type, float | None, float | None]]] = {
+    "f64": (float, None, None),
+    "f32": (float, -_F32_MAX, _F32_MAX),
+    "bool": (bool, None, None),
+    **{kind: (int, low, high) for kind, (low, high) in _INT_RANGES.items()},
+}
+
+
+def _check_value(name: str, kind: str, length: int, value: object) -> object:
+    """`value` ready for struct, or ValueError naming the field: wrong type, range, length."""
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: a str field needs a str, not {type(value).__name__}")
+        raw = value.encode("utf-8", "strict") if value.isascii() else _utf8(name, value)
+        if len(raw) > length:
+            raise ValueError(f"{name}: {len(raw)} UTF-8 bytes, the field holds {length}")
+        if b"\0" in raw:
+            raise ValueError(f"{name}: a str value may not contain NUL")
+        return raw
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: a bool field needs True or False, not {type(value).__name__}")
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: a {kind} field needs a number, not a bool")
+    if kind in _INT_RANGES:
+        if not isinstance(value, int):
+            raise ValueError(f"{name}: a {kind} field needs an int, not {type(value).__name__}")
+        low, high = _INT_RANGES[kind]
+        if not low <= value <= high:
+            raise ValueError(f"{name}: {value} is out of range for {kind}")
+        return value
+    if not isinstance(value, int | float):
+        raise ValueError(f"{name}: a {kind} field needs a float, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: {value} is out of range for {kind}") from None
+    if kind == "f32" and math.isfinite(number) and abs(number) > _F32_MAX:
+        raise ValueError(f"{name}: {value} is out of range for f32")
+    return number
+
+
+def _utf8(name: str, value: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name}: not encodable as UTF-8 (lone surrogate?)") from None
+
+
+class SectionReader:
+    """A reader's side of the latch over any buffer (read-only mmap): never writes, never spins
+    on a dead producer. `read()` returns (updates, published_ns, state, *values in declaration
+    order) with str values decoded (invalid UTF-8 from a hostile producer is replaced)."""
+
+    def __init__(self, buffer: object, fields: Sequence[Field], offsets: Sequence[int], data_offset: int,
+                 data_size: int) -> None:  # fmt: skip
+        view = memoryview(buffer)  # type: ignore[arg-type]
+        if data_offset + 2 * data_size > len(view):
+            raise SectionFormatError("section copies lie outside the mapping")
+        self._buffer = buffer
+        self._copies = (data_offset, data_offset + data_size)
+        self._struct = _copy_struct(fields, offsets, data_size)
+        self._order = _copy_order(fields, offsets)
+        self._strs = tuple(i for i, item in enumerate(fields) if item.type == "str")
+        self._in_order = self._order == tuple(range(2, 2 + len(fields)))
+        view.release()
+
+    def read_raw(self) -> tuple[int, tuple[object, ...]]:
+        """One consistent copy by the latch: (the seq it was stable at, (updates, published_ns,
+        *values in copy order)). The first try is written out: it is the only one a reader needs
+        unless the producer published during the copy."""
+        buffer = self._buffer
+        unpack, seq_of, copies = self._struct.unpack_from, _SEQ.unpack_from, self._copies
+        seq = seq_of(buffer, SEQ_OFFSET)[0]  # type: ignore[arg-type]
+        values = unpack(buffer, copies[seq & 1])  # type: ignore[arg-type]
+        if seq_of(buffer, SEQ_OFFSET)[0] == seq:  # type: ignore[arg-type]
+            return seq, values
+        for _ in range(MAX_READ_ATTEMPTS):
+            seq = seq_of(buffer, SEQ_OFFSET)[0]  # type: ignore[arg-type]
+            values = unpack(buffer, copies[seq & 1])  # type: ignore[arg-type]
+            if seq_of(buffer, SEQ_OFFSET)[0] == seq:  # type: ignore[arg-type]
+                return seq, values
+        raise SectionTornError("the producer published on every read attempt")
+
+    def read_seq(self) -> tuple[int, tuple[object, ...]]:
+        """(seq, (updates, published_ns, state code, *values in declaration order))."""
+        seq, raw = self.read_raw()
+        head = (raw[0], raw[1], read_state(self._buffer))
+        if self._in_order and not self._strs:
+            return seq, head + raw[2:]
+        result: list[object] = [*head, *(raw[i] for i in self._order)]
+        for index in self._strs:
+            value = result[3 + index]
+            assert isinstance(value, bytes)
+            result[3 + index] = value.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return seq, tuple(result)
+
+    def read(self) -> tuple[object, ...]:
+        """(updates, published_ns, state code, *values in declaration order)."""
+        return self.read_seq()[1]
