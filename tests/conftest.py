@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,16 @@ def fast_driver(tmp_path: Path) -> Iterator[DriverProcess]:
     """A driver ticking every 20 ms, for tests that watch several ticks."""
     with start_driver(tmp_path, interval="20ms") as process:
         yield process
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every uid can traverse, for drivers that another uid's client must reach
+    (pytest's tmp_path is 0700 all the way up); removed after the test."""
+    directory = Path(tempfile.mkdtemp(prefix="sharingmemory-test-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -230,3 +230,18 @@ class RawConnection:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def run_in_fork(work: object) -> int:
+    """Run `work()` in a forked child and return its exit status: 0 when it returned True, 2
+    when it returned False, 1 when it raised (the child never returns into the test)."""
+    assert callable(work)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's report is its exit status
+        code = 1
+        try:
+            code = 0 if work() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

@@ -24,18 +24,25 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 EXPECTED = {"DEBUG": "7", "INFO": "6", "WARNING": "4", "ERROR": "3", "CRITICAL": "2"}
 
 
+def journal_environ(fd: int, stream: str | None) -> dict[str, str]:
+    """The environment with JOURNAL_STREAM naming `fd` ("match"), a near miss ("other inode"),
+    the given text, or unset (None)."""
+    stat = os.fstat(fd)
+    env = {key: value for key, value in os.environ.items() if key != "JOURNAL_STREAM"}
+    if stream == "match":
+        env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+    elif stream == "other inode":
+        env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino + 1}"
+    elif stream is not None:
+        env["JOURNAL_STREAM"] = stream
+    return env
+
+
 def check_config(tmp_path: Path, stream: str | None, *args: str) -> list[str]:
     """`serve --check-config ...` with stderr into a file; its lines."""
     log = tmp_path / "stderr"
     with open(log, "wb") as err:
-        stat = os.fstat(err.fileno())
-        env = {key: value for key, value in os.environ.items() if key != "JOURNAL_STREAM"}
-        if stream == "match":
-            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
-        elif stream == "other inode":
-            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino + 1}"
-        elif stream is not None:
-            env["JOURNAL_STREAM"] = stream
+        env = journal_environ(err.fileno(), stream)
         subprocess.run(
             [sys.executable, "-m", "sharingmemory", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env, timeout=60, check=False,
@@ -49,14 +56,7 @@ def serve_lines(tmp_path: Path, stream: str | None) -> list[str]:
     log = tmp_path / "stderr"
     socket_path = tmp_path / "dev" / "SharingMemory"
     with open(log, "wb") as err:
-        stat = os.fstat(err.fileno())
-        env = {key: value for key, value in os.environ.items() if key != "JOURNAL_STREAM"}
-        if stream == "match":
-            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
-        elif stream == "other inode":
-            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino + 1}"
-        elif stream is not None:
-            env["JOURNAL_STREAM"] = stream
+        env = journal_environ(err.fileno(), stream)
         process = subprocess.Popen(
             [sys.executable, "-m", "sharingmemory", "serve", "-vv", "--socket", str(socket_path), "--interval", "10ms"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,

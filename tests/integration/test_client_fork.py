@@ -5,26 +5,12 @@ neither deadlock on the parent's locks nor disturb the parent's handle."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 
 import pytest
 
 import sharingmemory
-from tests.support import DriverProcess
-
-
-def _in_child(work: object) -> int:
-    assert callable(work)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's report is its exit status
-        code = 1
-        try:
-            code = 0 if work() else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+from tests.support import DriverProcess, run_in_fork
 
 
 # The fork with a thread running is the point of this test (Python 3.12+ warns about it).
@@ -47,7 +33,7 @@ def test_a_fork_while_a_parent_thread_waits_leaves_both_working(fast_driver: Dri
             return tick > 0 and page.closed
 
         try:
-            assert _in_child(child) == 0
+            assert run_in_fork(child) == 0
         finally:
             waiting.join(30)
         assert len(results) == 20  # the parent's waiter saw every one of its ticks
@@ -67,5 +53,5 @@ def test_the_child_cannot_send_on_the_parents_handle_under_asyncio_either(driver
 
             return asyncio.run(query())
 
-        assert _in_child(child) == 0
+        assert run_in_fork(child) == 0
         assert device.query_status().handles == 1

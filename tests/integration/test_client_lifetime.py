@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import sharingmemory
-from tests.support import DriverProcess, start_driver
+from tests.support import DriverProcess, run_in_fork, start_driver
 
 
 def _fds() -> set[str]:
@@ -83,20 +83,6 @@ def test_a_device_collected_unclosed_warns_and_releases_everything(driver: Drive
     assert driver.status().handles == 1  # the driver saw the hang-up and freed the handle
 
 
-def _in_child(work: object) -> int:
-    """Run `work()` in a forked child; its exit status (0: it returned True)."""
-    assert callable(work)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's report is its exit status
-        code = 1
-        try:
-            code = 0 if work() else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def test_a_forked_child_cannot_use_or_close_the_parents_handle(fast_driver: DriverProcess) -> None:
     with fast_driver.open_device(map=True) as device:
         page = device.map_shared_memory()
@@ -119,8 +105,8 @@ def test_a_forked_child_cannot_use_or_close_the_parents_handle(fast_driver: Driv
             device.close()
             return device.closed and page.closed
 
-        assert _in_child(child_requests_fail) == 0
-        assert _in_child(child_closes) == 0
+        assert run_in_fork(child_requests_fail) == 0
+        assert run_in_fork(child_closes) == 0
         # The parent's handle lives on, in step: its requests and waits still work.
         assert device.query_status().handles == handles
         assert page.wait_next(timeout=5).tick_count > 0

@@ -14,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,14 +117,6 @@ def test_a_client_cannot_make_the_tick_write_wait(attacked: DriverProcess) -> No
     and spliced into a full socket (a pipe's mutex would be held): the ticks go on."""
     tick_channel_attack(attacked, 0.0)
     assert_loop_turns(attacked)
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="sharingmemory-peer-fds-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 _REFUSED_ATTACKER = textwrap.dedent(

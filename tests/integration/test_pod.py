@@ -20,7 +20,6 @@ import select
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,12 +160,9 @@ def _line(process: subprocess.Popen[str], timeout: float = 20.0) -> str:
 
 
 @pytest.fixture
-def host_dir() -> Iterator[Path]:
+def host_dir(open_dir: Path) -> Path:
     """The node's /run/sharingmemory, stood in for by a directory every uid can traverse."""
-    directory = Path(tempfile.mkdtemp(prefix="sharingmemory-pod-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    return open_dir
 
 
 def _client_in_pod(driver: DriverProcess) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:

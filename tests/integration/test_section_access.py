@@ -7,10 +7,7 @@ interpreter is not readable by other uids), as tests/integration/test_security.p
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,14 +38,6 @@ try:
 except sharingmemory.NtStatusError as err:
     print(type(err).__name__, hex(err.status))
 """
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="sharingmemory-sections-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _as_nobody(command: str, socket_path: str, name: str) -> str:

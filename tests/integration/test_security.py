@@ -20,7 +20,6 @@ import signal
 import socket
 import stat
 import subprocess
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -242,15 +241,6 @@ needs_other_uid = pytest.mark.skipif(
     os.getuid() != 0 or not os.path.exists(SYSTEM_PYTHON) or not _readable_by_others(_source_tree()),
     reason="needs root (to drop to uid 65534), /usr/bin/python3 and a source tree readable by other uids",
 )
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid can traverse (pytest's tmp_path is 0700 all the way up)."""
-    directory = Path(tempfile.mkdtemp(prefix="sharingmemory-security-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 # The driver's own check, with the socket reachable by everyone (0755 directory, 0666 socket).

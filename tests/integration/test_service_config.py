@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,15 +86,6 @@ def _client_as_nobody(socket_path: str, extra_groups: list[int]) -> str:
         shutil.rmtree(copy, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid can traverse (pytest's tmp_path is 0700 all the way up)."""
-    directory = Path(tempfile.mkdtemp(prefix="sharingmemory-groups-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @needs_nobody

@@ -34,7 +34,7 @@ from .._client import next_deadline_delay, retry_step
 from .._defs import STATE_RUNNING, STATE_STOPPED, NtStatusError, PageSnapshot
 from .display import LatenessMeter, describe_interval, describe_lateness
 from .exits import EXIT_OK, CommandError
-from .options import add_client_options, check_duration, parse_positive
+from .options import add_client_options, add_private_driver_options, parse_positive
 from .session import Session, open_session, patience
 from .times import PageTimeError, page_times
 
@@ -76,13 +76,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gui = commands.add_parser("gui", help="the Kernel Timer window: the local time from the shared page at each tick")
     add_client_options(gui)
     gui.add_argument("--count", type=parse_positive, metavar="N", help="close the window by itself after N ticks")
-    gui.add_argument(
-        "--interval",
-        default="1s",
-        type=check_duration,
-        metavar="DURATION",
-        help="timer period of a private driver (default 1s)",
-    )
+    add_private_driver_options(gui)
     gui.set_defaults(func=cmd_gui)
 
 

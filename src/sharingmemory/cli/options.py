@@ -152,3 +152,14 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=parse_timeout, default=5.0, metavar="SECONDS", help="bound on each request (default 5)"
     )
+
+
+def add_private_driver_options(parser: argparse.ArgumentParser) -> None:
+    """--interval of the private driver that `watch` and `gui` start when no driver answers."""
+    parser.add_argument(
+        "--interval",
+        default="1s",
+        type=check_duration,
+        metavar="DURATION",
+        help="timer period of a private driver (default 1s)",
+    )

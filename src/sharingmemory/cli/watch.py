@@ -26,7 +26,7 @@ from .._defs import STATE_STOPPED, DeviceNotConnected, DeviceNotFound, IoTimeout
 from . import sections
 from .display import Display, Frame, LatenessMeter, choose_display
 from .exits import EXIT_DRIVER_STOPPED, EXIT_OK, CommandError
-from .options import add_client_options, check_duration, parse_positive
+from .options import add_client_options, add_private_driver_options, parse_positive
 from .session import Session, default_places, next_tick, open_session
 
 #: Backoff of `--follow` while no driver serves the path: first retry, growth, ceiling (seconds).
@@ -56,13 +56,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     watch = commands.add_parser("watch", help="show the local time from the shared page at each tick")
     add_client_options(watch)
     watch.add_argument("--count", type=parse_positive, metavar="N", help="stop after N ticks")
-    watch.add_argument(
-        "--interval",
-        default="1s",
-        type=check_duration,
-        metavar="DURATION",
-        help="timer period of a private driver (default 1s)",
-    )
+    add_private_driver_options(watch)
     watch.add_argument("--json", action="store_true", help="one JSON object per tick (JSON Lines)")
     watch.add_argument(
         "--follow",
