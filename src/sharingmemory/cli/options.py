@@ -86,28 +86,28 @@ def parse_positive(text: str) -> int:
     return value
 
 
-def parse_timeout(text: str) -> float:
-    """Seconds, finite, above 0 and at most MAX_TIMEOUT_S: NaN compares false with everything,
-    so it is refused by name, and inf would reach poll(2) as an OverflowError."""
+def parse_seconds(text: str, what: str = "timeout") -> float:
+    """Seconds, finite, above 0 and at most MAX_TIMEOUT_S (a day): NaN compares false with
+    everything, so it is refused by name, and inf would reach poll(2) as an OverflowError."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number of seconds {_shown(text)}") from None
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"timeout {_shown(text)} is not a positive, finite number of seconds")
+        raise argparse.ArgumentTypeError(f"{what} {_shown(text)} is not a positive, finite number of seconds")
     if value > MAX_TIMEOUT_S:
-        raise argparse.ArgumentTypeError(f"timeout {_shown(text)} is longer than the one-day maximum")
+        raise argparse.ArgumentTypeError(f"{what} {_shown(text)} is longer than the one-day maximum")
     return value
 
 
-def parse_positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {_shown(text)}") from None
-    if not 0 < value < 1e6:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return value
+def parse_timeout(text: str) -> float:
+    """A client's --timeout: see `parse_seconds`."""
+    return parse_seconds(text)
+
+
+def parse_create_timeout(text: str) -> float:
+    """serve's --create-timeout: see `parse_seconds`."""
+    return parse_seconds(text, "create timeout")
 
 
 def parse_id(text: str) -> int:

@@ -27,7 +27,7 @@ from .._server import (
 )
 from . import sections
 from .exits import EXIT_OK, EXIT_USAGE, CommandError
-from .options import parse_duration, parse_id, parse_octal_mode, parse_positive, parse_positive_seconds, socket_help
+from .options import parse_create_timeout, parse_duration, parse_id, parse_octal_mode, parse_positive, socket_help
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,7 +78,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument(
         "--create-timeout",
-        type=parse_positive_seconds,
+        type=parse_create_timeout,
         default=5.0,
         metavar="SECONDS",
         help="close a connection that sends no CREATE within this time (default 5)",
