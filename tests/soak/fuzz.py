@@ -159,6 +159,10 @@ REFUSED_PATIENCE = 60.0
 # --- the fuzz worker ----------------------------------------------------------------------------
 
 
+#: How long a worker's pipe end may stay open in the driver after its connection closed.
+PIPE_KEPT_AFTER = 5.0
+
+
 class _Worker:
     def __init__(self, path: str, seed: int) -> None:
         self.path = path
@@ -270,13 +274,18 @@ class _Worker:
         if self.sock is not None:
             self.sock.close()
         # The driver holds no copy of the pipe's write end: with ours closed, the read end is at EOF.
+        # Its closer thread closes what peers send a moment after the loop hands it over (the loop
+        # never runs that close itself), so "kept" means still open after PIPE_KEPT_AFTER seconds.
         os.close(self.pipe_w)
-        try:
-            while os.read(self.pipe_r, 4096):
-                pass
-            pipe_kept = False
-        except BlockingIOError:
-            pipe_kept = True
+        pipe_kept = True
+        deadline = time.monotonic() + PIPE_KEPT_AFTER
+        while pipe_kept and time.monotonic() < deadline:
+            try:
+                while os.read(self.pipe_r, 4096):
+                    pass
+                pipe_kept = False
+            except BlockingIOError:
+                time.sleep(0.01)
         os.close(self.pipe_r)
         os.close(self.memfd)
         return {
