@@ -27,65 +27,46 @@ file does.
 Errors: every failure the driver reports arrives as the typed `NtStatusError` subclass of its
 status (`raise_for_status`); OSErrors of the socket are translated in one place (`_os_error`);
 bad arguments raise TypeError or ValueError before anything is sent.
+
+Where the parts live: the request plumbing (`_call`, `_send`, `_receive` and the checks of each
+reply) is `requests.RequestChannel`, the section methods are `device_sections.DeviceSections`;
+both are base classes of `Device`, so a request makes the same calls it did in one class.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import select
-import socket
 import struct
 import threading
 import warnings
 import weakref
-from collections.abc import Iterable
 from typing import Final, NamedTuple
 
 from .._defs import (
-    IOCTL_CREATE_SECTION,
     IOCTL_GIVE_ME_YOUR_MEMORY,
-    IOCTL_LIST_SECTIONS,
-    IOCTL_OPEN_SECTION,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
     MAX_INPUT_LENGTH,
     MAX_OUTPUT_BUFFER,
     MAX_OUTPUT_LENGTH,
     STATUS_STRUCT_SIZE,
-    AccessDenied,
-    CreateRequest,
-    DeviceNotConnected,
-    DeviceNotFound,
     DriverStatus,
-    Field,
     InsufficientResources,
-    InvalidHandle,
     InvalidParameter,
-    IoTimeout,
     MajorFunction,
-    NtStatus,
     NtStatusError,
     ObjectNameInvalid,
     RemoteProtocolError,
     Request,
-    SectionInfo,
     Unsuccessful,
     decode_driver_status,
-    decode_list,
-    decode_reply,
-    encode_create,
-    encode_request,
-    exception_for,
-    raise_for_status,
-    status_name,
 )
-from .._sys import Fd, close_all, unix
+from .._sys import Fd, unix
 from .arguments import unsigned
-from .section import IoctlResult, Section
+from .device_sections import DeviceSections
+from .requests import _os_error
 from .shared_page import SharedPage
 from .ticks import TickEvent
-from .time_section import TimeSection
 from .trust import check_directory, check_page_fd, check_peer, check_tick_fd, trusted_uids
 
 DEFAULT_TIMEOUT: Final = 5.0
@@ -101,27 +82,14 @@ class IoResult(NamedTuple):
     output: bytes
 
 
-class _Completed(NamedTuple):
-    """A reply that passed every check: its status (success or a warning), information,
-    output, and the fd it brought, now owned by the caller."""
-
-    status: int
-    information: int
-    output: bytes
-    fd: Fd | None
-
-
-class Device:
+class Device(DeviceSections):
     """One open handle to the SharingMemory device (the seed's `CreateFile` result).
 
     Use `open_device()` to make one. A context manager; `close()` sends CLEANUP and CLOSE,
     unmaps the page and closes the socket, and is idempotent.
     """
 
-    _sock: socket.socket | None = None
     _page: SharedPage | None = None
-    _lost: str = ""  # why the connection closed under the caller, once it has
-    _inherited: bool = False  # True in a child of os.fork(): the handle is the parent's
 
     def __init__(
         self,
@@ -264,91 +232,7 @@ class Device:
         except RemoteProtocolError as err:
             raise Unsuccessful(f"driver status unreadable: {err}") from err
 
-    def _call(
-        self,
-        major: MajorFunction,
-        *,
-        code: int = 0,
-        input: bytes = b"",
-        output_length: int = 0,
-    ) -> _Completed:
-        """One request and its reply."""
-        with self._lock:
-            request_id = self._send(Request(major, 0, code, output_length, input))
-            return self._receive(major, request_id)
-
-    def _send(self, request: Request) -> int:
-        """Send `request` under a fresh id (the caller holds the lock); returns the id."""
-        sock = self._usable_socket()
-        request_id = self._next_id
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
-        data = encode_request(request._replace(request_id=request_id))
-        try:
-            unix.send(sock, data)
-        except OSError as err:
-            self._close_socket()  # a broken connection cannot be resynchronised
-            raise _os_error(err, self.path) from err
-        return request_id
-
-    def _receive(self, major: MajorFunction, request_id: int) -> _Completed:
-        """The reply to request `request_id` (the caller holds the lock), checked against it."""
-        sock = self._usable_socket()
-        try:
-            message = unix.receive(sock)
-        except OSError as err:
-            self._close_socket()  # a timed-out or broken connection cannot be resynchronised
-            raise _os_error(err, self.path) from err
-        fd = message.fds[0] if message.fds else None
-        problem: NtStatusError | None = None  # the reply is wrong: the connection is out of step
-        reply = None
-        if message.fds_truncated:  # the kernel dropped fds that found no free slot here
-            close_all(message.fds)  # the reply itself was read: the connection stays in step
-            raise InsufficientResources(
-                "an fd from the driver was lost: this process is out of file descriptors (MSG_CTRUNC)"
-            )
-        if message.fds[1:]:
-            problem = InvalidParameter("driver sent more than one fd")
-        elif not message.data:
-            problem = DeviceNotConnected(f"the driver at {self.path} closed the connection (stopped or died)")
-        elif message.oversized:
-            problem = InvalidParameter("driver sent an oversized reply")
-        else:
-            try:
-                reply = decode_reply(message.data)
-            except RemoteProtocolError as err:
-                problem = exception_for(err.status, f"unreadable reply from the driver: {err}")
-            else:
-                if reply.request_id != request_id or reply.major != major:
-                    problem = InvalidParameter("reply does not match the request")
-                elif reply.has_fd != (fd is not None):
-                    problem = InvalidParameter("reply's fd flag does not match")
-        if problem is not None or reply is None:
-            close_all(message.fds)
-            self._lost = str(problem)
-            self._close_socket()
-            raise problem or InvalidParameter("unreadable reply")
-        try:
-            raise_for_status(reply.status, f"{_MAJOR_NAMES[major]} on {self.path} failed")
-        except NtStatusError:
-            close_all(message.fds)
-            if reply.status in _FATAL or major is MajorFunction.IRP_MJ_CREATE:
-                self._lost = f"the driver answered {major.name} with {status_name(reply.status)}"
-                self._close_socket()  # the driver has closed its end too
-            raise
-        return _Completed(reply.status, reply.information, reply.output, fd)
-
     # --- closing ------------------------------------------------------------------------------
-
-    def _usable_socket(self) -> socket.socket:
-        """The socket, or the error that says why there is none (the caller holds the lock)."""
-        sock = self._sock
-        if sock is not None and not self._inherited:
-            return sock
-        if self._inherited:
-            raise InvalidHandle("this Device was opened by the parent process (before os.fork()): open a new one")
-        if self._lost:
-            raise ValueError(f"I/O operation on a closed Device (its connection was lost: {self._lost})")
-        raise ValueError("I/O operation on a closed Device")
 
     def close(self, *, wait: bool = True) -> None:
         """CLEANUP and CLOSE, then unmap the page and close the socket. Idempotent; if the driver
@@ -383,12 +267,6 @@ class Device:
             finally:
                 self._close_socket()
 
-    def _close_socket(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            self._lost = self._lost or "an earlier request failed"
-            sock.close()
-
     def _after_fork_in_child(self) -> None:
         self._inherited = True
         self._lock = threading.Lock()  # a parent's thread may have held it at fork(2)
@@ -418,104 +296,6 @@ class Device:
     def __repr__(self) -> str:
         return f"<Device {self.path!r}{' closed' if self.closed else ''}>"
 
-    # --- sections (docs/section-abi.md; the work is in section.py) ----------------------------
-
-    _sections: tuple[Section, ...] = ()
-
-    def create_section(
-        self,
-        name: str,
-        fields: Iterable[Field],
-        *,
-        readers_uids: Iterable[int] = (),
-        readers_gids: Iterable[int] = (),
-    ) -> Section:
-        """NtCreateSection: a new named section this handle produces, live while the handle is
-        open. Needs a handle opened with access "w" or "rw". Raises ObjectNameInvalid,
-        ObjectNameCollision, AccessDenied, SectionTooBig, QuotaExceeded; ValueError for a
-        field list that breaks the schema rules (duplicate names, none, too many)."""
-        try:
-            data = encode_create(CreateRequest(name, tuple(fields), tuple(readers_uids), tuple(readers_gids)))
-        except ValueError as err:
-            if "section name" in str(err):
-                raise ObjectNameInvalid(str(err)) from None
-            raise
-        result = self._section_port.ioctl(IOCTL_CREATE_SECTION, data, 64)
-        return self._keep(Section(self._section_port, name, result.output, result.fd, producer=True))
-
-    def open_section(self, name: str) -> Section | TimeSection:
-        """NtOpenSection + NtMapViewOfSection(PAGE_READONLY): a section mapped read-only and
-        sealed; `time` is the driver's own page. Raises ObjectNameNotFound, ObjectNameInvalid,
-        AccessDenied (outside the section's readers)."""
-        if name == "time":
-            return TimeSection(self.map_shared_memory())
-        result = self._section_port.ioctl(IOCTL_OPEN_SECTION, str(name).encode("utf-8", "replace"), 64)
-        return self._keep(Section(self._section_port, name, result.output, result.fd, producer=False))
-
-    def list_sections(self) -> list[SectionInfo]:
-        """Every live section this handle may read: name, fields, producer_uid, producer_pid,
-        state, updates (and instance_id)."""
-        found: list[SectionInfo] = []
-        while True:
-            result = self._section_port.ioctl(IOCTL_LIST_SECTIONS, _U32.pack(len(found)), MAX_OUTPUT_LENGTH)
-            try:
-                total, entries = decode_list(result.output)
-            except ValueError as err:
-                raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, f"unreadable section list: {err}") from err
-            found += entries
-            if len(found) >= total or not entries:
-                return found
-
-    @property
-    def _section_port(self) -> _SectionPort:
-        return _SectionPort(self)
-
-    def _keep(self, section: Section) -> Section:
-        self._sections = (*(s for s in self._sections if not s.closed), section)
-        return section
-
-    def _close_sections(self) -> None:
-        sections, self._sections = self._sections, ()
-        for section in sections:
-            section.close()
-
-
-class _SectionPort:
-    """The three calls a Section makes on its device (section.py's `_Port`)."""
-
-    def __init__(self, device: Device) -> None:
-        self._device = device
-
-    def ioctl(self, code: int, input: bytes = b"", output_length: int = 0) -> IoctlResult:
-        reply = self._device._call(
-            MajorFunction.IRP_MJ_DEVICE_CONTROL, code=code, input=input, output_length=output_length
-        )
-        return IoctlResult(reply.status, reply.output, reply.fd)
-
-    def hung_up(self) -> bool:
-        sock = self._device._sock
-        if sock is None:
-            return True
-        poller = select.poll()
-        poller.register(sock.fileno(), _POLLRDHUP)
-        return any(events & (select.POLLHUP | select.POLLERR | _POLLRDHUP) for _fd, events in poller.poll(0))
-
-
-_U32 = struct.Struct("<I")
-_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
-
-
-#: Statuses after which the connection cannot be used any more (the driver closes it too).
-#: STATUS_ACCESS_DENIED is fatal only for CREATE (docs/protocol.md): an IOCTL the handle lacks
-#: the access for is refused and the handle goes on.
-_FATAL = frozenset({
-    NtStatus.STATUS_DEVICE_NOT_CONNECTED, NtStatus.STATUS_IO_TIMEOUT, NtStatus.STATUS_REVISION_MISMATCH,
-    NtStatus.STATUS_TOO_MANY_OPENED_FILES,
-})  # fmt: skip
-
-
-#: The names for messages, looked up once: an enum's .name is a descriptor call, on every reply.
-_MAJOR_NAMES: Final = {major: major.name for major in MajorFunction}
 
 #: Every Device alive in this process, so that a child of os.fork() can mark its copies.
 _DEVICES: weakref.WeakSet[Device] = weakref.WeakSet()
@@ -527,22 +307,3 @@ def _mark_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_mark_inherited)
-
-
-def _os_error(err: OSError, path: str) -> NtStatusError:
-    """The one place where socket OSErrors become the library's NtStatusError subclasses."""
-    if isinstance(err, TimeoutError):
-        return IoTimeout(f"the driver at {path} did not answer in time")
-    if isinstance(err, FileNotFoundError | ConnectionRefusedError | NotADirectoryError):
-        return DeviceNotFound(f"no driver is serving {path}")
-    if err.errno == errno.EPROTOTYPE:  # a stream or datagram socket: some other program's
-        return DeviceNotFound(f"{path} is not a SOCK_SEQPACKET socket: no driver is serving it")
-    if isinstance(err, PermissionError):
-        return AccessDenied(f"permission denied opening {path}")
-    if isinstance(err, BrokenPipeError | ConnectionResetError | ConnectionAbortedError):
-        return DeviceNotConnected(f"the driver at {path} went away (stopped or died)")
-    if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-        return InsufficientResources(f"{path}: {err.strerror}")
-    if err.errno in (errno.ENAMETOOLONG, errno.ELOOP, None):  # None: "AF_UNIX path too long"
-        return ObjectNameInvalid(f"{path!r} cannot name a socket: {err.strerror or err}")
-    return Unsuccessful(f"{path}: {err.strerror or err}")

@@ -1,7 +1,9 @@
 """Layer 3, the driver: the dispatch table, per-handle contexts, the shared page and its timer.
 
 No sockets: the server (layer 4) moves bytes and fds, the driver decides what they mean.
-`memory` makes and frees the sealed page, `clock` is the seam for time.
+`driver` holds the dispatch tables and the handle and page life cycles, `handles` the records
+they share, `ioctls` and `tick_events` the IOCTL handlers; `memory` makes and frees the sealed
+page, `clock` is the seam for time.
 """
 
 from .driver import (

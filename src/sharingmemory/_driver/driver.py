@@ -21,28 +21,21 @@ CLOCK_MONOTONIC instant, or None) and the event loop calls `on_timer(now)` when 
 Deadlines advance by whole intervals from the first one, so the tick never drifts; when the loop
 was so late that deadlines were missed, they are skipped (counted as late), not bunched up.
 
-Tick events. A handle may ask for a tick fd (IOCTL_REGISTER_TICK_EVENT) that becomes readable
-after every tick and when the page stops. Each handle gets its own channel, and the driver
-keeps only its own end, an open file description no client holds (`unix.tick_channel`): an
-eventfd's copy shares its O_NONBLOCK flag, so a client could make the driver's write wait for
-ever, and a pipe's writer can be held on the pipe mutex by a client's splice(2). A wake-up
-that cannot be written (EAGAIN: the client did not read; EPIPE: it closed its end) is dropped,
-since the page, not the channel, says whether a tick happened. The cost is one write(2) per
-waiting handle per tick; handles that only map the page cost the tick nothing.
+Tick events. A handle may ask for a tick fd that becomes readable after every tick and when the
+page stops; why each handle gets its own channel, and why a wake-up never waits, is told in
+`tick_events`, which owns the channels. The IOCTL handlers themselves live in `ioctls` (and
+`tick_events`); the records they share (`Handle`, `Completion`, `DriverConfig`) in `handles`.
+This module keeps what decides the life of handles and of the page: the dispatch tables, the
+state machine, the page's reference count and the timer.
 
 Concurrency: none. The driver is called from one thread, the server's event loop.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import logging
 import os
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from .._defs import (
     FILE_READ_DATA,
@@ -50,108 +43,50 @@ from .._defs import (
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
-    PAGE_SIZE,
     STATE_RUNNING,
     STATE_STOPPED,
-    STATUS_STRUCT_SIZE,
     VALID_ACCESS_MASK,
     DriverStatus,
     MajorFunction,
     NtStatus,
     PageWriter,
     Request,
-    encode_driver_status,
     required_access,
 )
-from .._sys import Fd, unix
+from .._sys import Fd
 from .clock import Clock, SystemClock
+from .handles import (
+    DEFAULT_INTERVAL_NS,
+    MAX_INTERVAL_NS,
+    MIN_INTERVAL_NS,
+    AccessPolicy,
+    Completion,
+    Credentials,
+    DriverConfig,
+    Handle,
+    HandleState,
+)
+from .ioctls import ioctl_give_me_your_memory, ioctl_query_status, ioctl_section
 from .memory import SealedMemory
 from .peer_log import PEER
-from .sections import SECTION_IOCTLS, ProducerPolicy, SectionLimits, SectionRegistry
+from .sections import SECTION_IOCTLS, SectionRegistry
+from .tick_events import close_tick_event, ioctl_register_tick_event, signal_tick_events
+
+#: The records of `handles` are re-exported: `driver` still names the whole driver.
+__all__ = [
+    "DEFAULT_INTERVAL_NS",
+    "MAX_INTERVAL_NS",
+    "MIN_INTERVAL_NS",
+    "AccessPolicy",
+    "Completion",
+    "Credentials",
+    "Driver",
+    "DriverConfig",
+    "Handle",
+    "HandleState",
+]
 
 log = logging.getLogger("sharingmemory.driver")
-
-MIN_INTERVAL_NS = 1_000_000
-#: A day: the longest period anyone means for a clock's tick, and far inside what the page's
-#: u64 `interval_ns` and timerfd's time_t deadlines can carry.
-MAX_INTERVAL_NS = 86_400 * 1_000_000_000
-DEFAULT_INTERVAL_NS = 1_000_000_000
-_POINTER = struct.Struct("<Q")
-_WAKE = b"\1"
-
-
-class Credentials(NamedTuple):
-    """The peer of a connection, as SO_PEERCRED (and SO_PEERGROUPS) report it at connect time."""
-
-    pid: int
-    uid: int
-    gid: int
-    groups: frozenset[int] = frozenset()
-
-
-class Completion(NamedTuple):
-    """How an IRP completed. `fd`, when set, goes to the receiver of the Completion with its
-    `Fd`, to send and then close; `close_connection` asks the server to drop the connection
-    after sending the reply."""
-
-    status: int
-    information: int = 0
-    output: bytes = b""
-    fd: Fd | None = None
-    close_connection: bool = False
-
-
-class HandleState(enum.Enum):
-    """Where a handle is in NEW -> OPEN -> CLEANED -> CLOSED."""
-
-    NEW = "new"
-    OPEN = "open"
-    CLEANED = "cleaned"
-    CLOSED = "closed"
-
-
-@dataclass(eq=False)
-class Handle:
-    """The per-handle context (the seed's file object): who opened it, with what access, and
-    whether it holds the page. Created by `Driver.connect`, driven only by the driver."""
-
-    handle_id: int
-    credentials: Credentials
-    state: HandleState = HandleState.NEW
-    granted_access: int = 0
-    mapped: bool = False
-    tick_event: Fd | None = None  # the driver's end of this handle's tick channel
-
-
-@dataclass(frozen=True)
-class AccessPolicy:
-    """Who may open the device: these uids, or members of these gids, whether the group is the
-    peer's primary gid or a supplementary one (SO_PEERGROUPS). Root always."""
-
-    uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
-    gids: frozenset[int] = frozenset()
-
-    def allows(self, cred: Credentials) -> bool:
-        return cred.uid == 0 or cred.uid in self.uids or cred.gid in self.gids or not self.gids.isdisjoint(cred.groups)
-
-
-@dataclass(frozen=True)
-class DriverConfig:
-    """What `serve` can set. Limits are counted over handles in state OPEN or CLEANED."""
-
-    interval_ns: int = DEFAULT_INTERVAL_NS
-    policy: AccessPolicy = field(default_factory=AccessPolicy)
-    max_handles: int = 4096
-    max_handles_per_uid: int = 1024
-    #: Sections (docs/section-abi.md): who may create them, and how big and how many.
-    producer_policy: ProducerPolicy = field(default_factory=ProducerPolicy)
-    section_limits: SectionLimits = field(default_factory=SectionLimits)
-
-    def __post_init__(self) -> None:
-        if not MIN_INTERVAL_NS <= self.interval_ns <= MAX_INTERVAL_NS:
-            raise ValueError(f"interval must be from 1 ms to 24 h, not {self.interval_ns} ns")
-        if self.max_handles < 1 or self.max_handles_per_uid < 1:
-            raise ValueError("handle limits must be at least 1")
 
 
 class _Page:
@@ -280,13 +215,7 @@ class Driver:
         """IRP_MJ_CLEANUP: release what the handle holds; the last mapped handle frees the page."""
         log.debug("handle %d: cleanup", handle.handle_id)
         self.sections.handle_gone(handle.handle_id)  # a producer's handle going stops its sections
-        if handle.tick_event is not None:
-            self._tick_events.pop(handle.handle_id, None)
-            # Cannot block: the last close of a socket shut for reading, with nothing queued for
-            # us (the client's sends get EPIPE), drops no peer fd and waits for nothing.
-            handle.tick_event.close()
-            handle.tick_event = None
-            log.debug("handle %d: tick channel closed", handle.handle_id)
+        close_tick_event(self._tick_events, handle)
         if handle.mapped:
             handle.mapped = False
             self._mapped -= 1
@@ -306,73 +235,12 @@ class Driver:
         self._handles.pop(handle.handle_id, None)
         log.debug("handle %d closed", handle.handle_id)
 
-    # --- IOCTL handlers -----------------------------------------------------------------------
-
-    def _ioctl_give_me_your_memory(self, handle: Handle, request: Request) -> Completion:
-        """The seed's request: a read-only fd of the page; the output is the length to map."""
-        if request.output_length < _POINTER.size:
-            return Completion(NtStatus.STATUS_BUFFER_TOO_SMALL)
-        created = False
-        try:
-            if self._page is None:
-                self._allocate_page()
-                created = True
-            assert self._page is not None
-            fd = Fd(self._page.memory.open_reader_fd())
-        except OSError as err:
-            log.error("IOCTL_GIVE_ME_YOUR_MEMORY failed for handle %d: %s", handle.handle_id, err, extra=PEER)
-            if created and self._mapped == 0:
-                self._free_page()
-            return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
+    def _take_page_reference(self, handle: Handle) -> None:
+        """Count `handle` as holding the page, once however often it asks (see `_cleanup`)."""
         if not handle.mapped:
             handle.mapped = True
             self._mapped += 1
             log.debug("handle %d: page reference taken (%d mapped)", handle.handle_id, self.mapped_handles)
-        return Completion(NtStatus.STATUS_SUCCESS, _POINTER.size, _POINTER.pack(PAGE_SIZE), fd)
-
-    def _ioctl_register_tick_event(self, handle: Handle, request: Request) -> Completion:
-        """The client's end of a new tick channel for this handle. Only a handle that holds the
-        page can wait for its ticks: STATUS_INVALID_DEVICE_STATE otherwise. Asked again, the
-        handle gets a new channel and the old one is closed (its reader sees end of file), so
-        the driver never keeps a second end of anything it handed out."""
-        if not handle.mapped:
-            return Completion(NtStatus.STATUS_INVALID_DEVICE_STATE)
-        try:
-            ours, theirs = unix.tick_channel()
-        except OSError as err:
-            log.error("IOCTL_REGISTER_TICK_EVENT failed for handle %d: %s", handle.handle_id, err, extra=PEER)
-            return Completion(NtStatus.STATUS_INSUFFICIENT_RESOURCES)
-        if handle.tick_event is not None:
-            handle.tick_event.close()  # cannot block: see _cleanup
-        handle.tick_event = ours
-        self._tick_events[handle.handle_id] = ours
-        log.debug("handle %d: tick channel created", handle.handle_id)
-        return Completion(NtStatus.STATUS_SUCCESS, 0, b"", theirs)
-
-    def _signal_tick_events(self) -> None:
-        """One wake-up per channel; never waits (see the module docstring). EAGAIN (not read),
-        EPIPE (closed), ENOBUFS/ENOMEM: the page still says what happened, so nothing is lost."""
-        for fd in self._tick_events.values():
-            with contextlib.suppress(OSError):
-                os.write(fd.fileno(), _WAKE)
-
-    def _ioctl_query_status(self, handle: Handle, request: Request) -> Completion:
-        """The driver's state. A buffer shorter than the struct gets the prefix that fits and
-        STATUS_BUFFER_OVERFLOW; one that cannot hold the size field gets BUFFER_TOO_SMALL."""
-        if request.output_length < 4:
-            return Completion(NtStatus.STATUS_BUFFER_TOO_SMALL)
-        data = encode_driver_status(self.status())
-        if request.output_length < STATUS_STRUCT_SIZE:
-            cut = data[: request.output_length]
-            return Completion(NtStatus.STATUS_BUFFER_OVERFLOW, len(cut), cut)
-        return Completion(NtStatus.STATUS_SUCCESS, len(data), data)
-
-    def _ioctl_section(self, handle: Handle, request: Request) -> Completion:
-        """The section IOCTLs, decided in `sections.py`."""
-        status, output, fd = self.sections.dispatch(
-            request.code, handle.handle_id, handle.credentials, request.input, request.output_length
-        )
-        return Completion(status, len(output), output, fd)
 
     # --- the page and its timer ---------------------------------------------------------------
 
@@ -401,7 +269,7 @@ class Driver:
         log.debug("timer stopped")
         realtime_ns, monotonic_ns, bias = self._clock.now()
         page.writer.stop(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
-        self._signal_tick_events()
+        signal_tick_events(self._tick_events)
         page.free()
         log.debug("page freed")
 
@@ -423,7 +291,7 @@ class Driver:
         self._page.writer.update(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
         self._ticks += 1
         if self._tick_events:
-            self._signal_tick_events()
+            signal_tick_events(self._tick_events)
         interval = self.config.interval_ns
         lateness = now_monotonic_ns - deadline
         self.max_lateness_ns = max(self.max_lateness_ns, lateness)
@@ -502,8 +370,8 @@ _ALLOWED: dict[HandleState, frozenset[MajorFunction]] = {
 
 #: IOCTL code -> handler, checked after the access bits of the code.
 _IOCTLS: dict[int, _Handler] = {
-    IOCTL_GIVE_ME_YOUR_MEMORY: Driver._ioctl_give_me_your_memory,
-    IOCTL_QUERY_STATUS: Driver._ioctl_query_status,
-    IOCTL_REGISTER_TICK_EVENT: Driver._ioctl_register_tick_event,
-    **dict.fromkeys(SECTION_IOCTLS, Driver._ioctl_section),
+    IOCTL_GIVE_ME_YOUR_MEMORY: ioctl_give_me_your_memory,
+    IOCTL_QUERY_STATUS: ioctl_query_status,
+    IOCTL_REGISTER_TICK_EVENT: ioctl_register_tick_event,
+    **dict.fromkeys(SECTION_IOCTLS, ioctl_section),
 }

@@ -1,7 +1,7 @@
 """Layer 4, the daemon's I/O: the event loop, the socket file, socket activation, sd_notify.
 
 Everything here runs on the driver's single thread; the rule that nothing a peer can influence
-may make that loop wait is kept in `server`.
+may make that loop wait is kept in `connections` (the loop itself is `server`).
 """
 
 from .activation import (
