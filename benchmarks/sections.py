@@ -192,6 +192,12 @@ def _wake_up(section: Section, socket_path: str, cpu: sharingmemory.Section, rea
     pingpong = _eventfd_pingpong(2_000)
     ratio_figure(section, "eventfd ping-pong, one way (p50)", pingpong[0], "us", vs=("itself", pingpong[0]), goal=None)
     ratio_figure(section, "eventfd ping-pong, one way (p99)", pingpong[1], "us", vs=("itself", pingpong[1]), goal=None)
+    if len(os.sched_getaffinity(0)) >= 2:
+        cpu_a, cpu_b = sorted(os.sched_getaffinity(0))[:2]
+        for label, pair in (("one CPU", (cpu_a, cpu_a)), ("two CPUs", (cpu_a, cpu_b))):
+            pinned = _eventfd_pingpong(2_000, pair)
+            ratio_figure(section, f"eventfd ping-pong pinned to {label} (p50)", pinned[0], "us",
+                         vs=("unpinned p50", pingpong[0]), goal=None)  # fmt: skip
     spaced = _eventfd_spaced(200, 0.0021)
     ratio_figure(section, "eventfd wake-up, spaced as the publishes (p50)", spaced[0], "us",
                  vs=("ping-pong p50", pingpong[0]), goal=None)  # fmt: skip
@@ -220,12 +226,19 @@ def _wake_up(section: Section, socket_path: str, cpu: sharingmemory.Section, rea
     )
 
 
-def _eventfd_pingpong(rounds: int) -> tuple[float, float]:
-    """One-way wake-up between two processes: half of each eventfd round trip, p50 and p99 in us."""
+def _eventfd_pingpong(rounds: int, cpus: tuple[int, int] | None = None) -> tuple[float, float]:
+    """One-way wake-up between two processes: half of each eventfd round trip, p50 and p99 in us.
+    `cpus`: pin the two sides (waker, reader) there; unpinned, the scheduler may keep both on
+    one CPU (a wake-up with no IPI) in one run and split them in the next."""
     ping, pong = os.eventfd(0), os.eventfd(0)
+    before = os.sched_getaffinity(0)
+    if cpus is not None:
+        os.sched_setaffinity(0, {cpus[0]})
     pid = os.fork()
     if pid == 0:
         try:
+            if cpus is not None:
+                os.sched_setaffinity(0, {cpus[1]})
             for _ in range(rounds):
                 os.eventfd_read(ping)
                 os.eventfd_write(pong, 1)
@@ -238,6 +251,7 @@ def _eventfd_pingpong(rounds: int) -> tuple[float, float]:
         os.eventfd_read(pong)
         times.append((time.perf_counter() - start) / 2 * 1e6)
     os.waitpid(pid, 0)
+    os.sched_setaffinity(0, before)
     os.close(ping)
     os.close(pong)
     return percentile(times, 50), percentile(times, 99)
