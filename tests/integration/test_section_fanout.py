@@ -1,6 +1,6 @@
 """The wake-up fans out among the waiters (docs/section-abi.md, "Waiting"): a publish wakes one
 reader and requeues the others onto the relay word; each woken reader wakes two more. Real
-producer and reader processes; readers are known to sleep in the kernel (/proc/PID/wchan)
+producer and reader processes; readers are known to sleep in the kernel (/proc/PID/task/*/syscall)
 before the publish, so the wake-up, not a re-read, is what each one sees.
 
 The chain test gives the readers one-hour slices: only the chain can wake them before the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,20 +21,25 @@ from sharingmemory._sys import libc
 from tests.support import DriverProcess, wait_for
 
 pytestmark = pytest.mark.skipif(not libc.FUTEX_AVAILABLE, reason="futex syscall number unknown on this machine")
+_SYS_FUTEX = libc._SYS_FUTEX  # what /proc/PID/task/TID/syscall shows first while a thread waits
 
-# argv: socket, mode ("honest", "honest-long", "hostile-seq", "hostile-relay").
+# argv: socket, mode ("honest", "honest-long", "honest-async-long", "hostile-seq", "hostile-relay").
 _READER = """
+import asyncio
 import sys
 import sharingmemory
 from sharingmemory._client import section as module
 from sharingmemory._defs.section import SEQ_OFFSET, WAITERS_OFFSET
 from sharingmemory._sys import libc
 path, mode = sys.argv[1], sys.argv[2]
-if mode == "honest-long":
+if mode.endswith("-long"):
     module._WAIT_SLICE = 3600.0  # only a wake-up can end the sleep within the test
 with sharingmemory.open_device(path) as device:
     cpu = device.open_section("fan")
-    if mode.startswith("honest"):
+    if mode == "honest-async-long":
+        snap = asyncio.run(cpu.next_update())
+        print(snap.updates, snap.x, flush=True)
+    elif mode.startswith("honest"):
         snap = cpu.wait_next(timeout=None if mode == "honest-long" else 60)
         print(snap.updates, snap.x, flush=True)
     else:  # never passes a wake-up on: sleeps on the word, once, and leaves
@@ -51,11 +57,16 @@ def _spawn(driver: DriverProcess, mode: str) -> subprocess.Popen[str]:
 
 
 def _asleep(process: subprocess.Popen[str]) -> bool:
+    """Some thread of it sleeps in a shared FUTEX_WAIT (op 0; Python's own locks use the
+    PRIVATE ops), which is the section wait: next_update sleeps in a worker thread."""
     try:
-        with open(f"/proc/{process.pid}/wchan") as wchan:
-            return "futex" in wchan.read()
-    except FileNotFoundError:
-        return False
+        for task in Path(f"/proc/{process.pid}/task").iterdir():
+            call = (task / "syscall").read_text().split()
+            if call[:1] == [str(_SYS_FUTEX)] and call[2:3] == ["0x0"]:
+                return True
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return False
 
 
 def _start_asleep(driver: DriverProcess, mode: str, count: int) -> list[subprocess.Popen[str]]:
@@ -81,11 +92,12 @@ def _reap(readers: list[subprocess.Popen[str]]) -> None:
             reader.stdout.close()
 
 
-@pytest.mark.parametrize("count", [1, 3, 20])
-def test_one_publish_wakes_every_waiter_through_the_chain(driver: DriverProcess, count: int) -> None:
+@pytest.mark.parametrize(("mode", "count"), [("honest-long", 1), ("honest-long", 3), ("honest-long", 20),
+                                             ("honest-async-long", 5)])  # fmt: skip
+def test_one_publish_wakes_every_waiter_through_the_chain(driver: DriverProcess, mode: str, count: int) -> None:
     with sharingmemory.open_device(driver.socket_path, "rw") as device:
         cpu = device.create_section("fan", [sharingmemory.Field("x", "f64")])
-        readers = _start_asleep(driver, "honest-long", count)
+        readers = _start_asleep(driver, mode, count)
         try:
             cpu.publish(x=7.5)
             assert _results(readers) == ["1 7.5"] * count

@@ -65,7 +65,7 @@ _U32 = struct.Struct("<I")
 #: The longest single FUTEX_WAIT: how soon a waiter notices a driver that died without a word.
 _WAIT_SLICE: Final = 0.25
 #: Wake-ups each woken reader passes on: the chain covers n waiters in about log2(n) steps, and
-#: a reader that keeps its wake-up to itself costs the others one token of 1 + n, not the tree.
+#: a reader that keeps its wake-up to itself costs the chain one link (each honest link adds one).
 _FANOUT: Final = 2
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
@@ -321,10 +321,14 @@ class Section:
     def _sleep(self, word: int, seconds: float) -> None:
         """One bounded FUTEX_WAIT on `seq`'s low half; if a wake-up ended it (from `seq` or,
         requeued, from the relay), pass it on to `_FANOUT` more before anything else: the
-        chain's speed is each link's first instructions."""
+        chain's speed is each link's first instructions. Not when `waiters` counts this reader
+        alone: every reader the publish found asleep had registered before it slept, so the
+        count already included it (one system call fewer on the lone waiter's path)."""
         address = self._address
         if libc.futex_wait(address + SEQ_OFFSET, word, int(seconds * 1e9)) == libc.FUTEX_WOKEN:
-            libc.futex_wake(address + WAITERS_OFFSET, _FANOUT)
+            mapping = self._map
+            if mapping is not None and _U32.unpack_from(mapping, WAITERS_OFFSET)[0] > 1:
+                libc.futex_wake(address + WAITERS_OFFSET, _FANOUT)
 
     def _check_driver(self) -> None:
         """After a sleep that brought no news: a driver SIGKILLed writes no state=stopped."""
