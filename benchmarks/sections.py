@@ -3,13 +3,17 @@
 Every goal is a ratio to a baseline measured in the same run: a bare seqlock write of the same
 eight fields taking the same keyword arguments (publish), time.time_ns() (read), an eventfd
 ping-pong between two processes (wake-up), the same publish with one waiter (the waker's cost
-with many), the design's open-cycle floor (open_cycle.py's). iceoryx2 and prometheus_client are
-not installed here (no network): their rows are not measured.
+with many), the design's open-cycle floor (open_cycle.py's). The peers, when installed (the bench extra):
+iceoryx2's blackboard (update_with_copy of 64 bytes, entry.get().decode_as()) and
+prometheus_client's multiprocess mmap file (8 write_value, the collector's file read).
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -17,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sharingmemory
 from sharingmemory._defs.section import SEQ_OFFSET
@@ -77,6 +82,7 @@ def _publish_and_read(section: Section, cpu: sharingmemory.Section, reader: obje
     read = _best(reader.read, number, repeat)
     ratio_figure(section, "time.time_ns()", clock, "ns", vs=("itself", clock), goal=None)
     ratio_figure(section, "read() of 8 fields (no publish since)", read, "ns", vs=("time.time_ns()", clock), goal=4.0)
+    _peers(section, ours, read, number // 10, repeat)
 
     def publish_then_read() -> None:
         publish(f0=1.0)
@@ -97,10 +103,106 @@ def _publish_and_read(section: Section, cpu: sharingmemory.Section, reader: obje
     )
 
 
+def _peers(section: Section, publish: float, read: float, number: int, repeat: int) -> None:
+    """iceoryx2's blackboard and prometheus_client's mmap files, writer and reader in this
+    process (the cost of each call, not a wake-up), with ratios to ours in the same run."""
+    try:
+        import iceoryx2 as iox2
+
+        from ._iceoryx2_writer import KEY, Value
+    except ImportError:
+        section.note("iceoryx2 is not installed (pip install '.[bench]'): its rows are not measured.")
+    else:
+        iox2.set_log_level(iox2.LogLevel.Error)
+        node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        name = iox2.ServiceName.new(f"smbench/sections/{os.getpid()}")
+        service = node.service_builder(name).blackboard_creator(ctypes.c_uint64).add(KEY, Value()).create()
+        entry = service.writer_builder().create().entry(KEY, Value)
+        reader = service.reader_builder().create().entry(KEY, Value)
+        value = Value(seq=1)
+        update = _best(lambda: entry.update_with_copy(value), number, repeat)
+        get = _best(lambda: reader.get().decode_as(Value), number, repeat)
+        ratio_figure(section, "iceoryx2 blackboard update_with_copy (64 B)", update, "ns",
+                     vs=("publish() of 8 f64", publish), goal=None)  # fmt: skip
+        ratio_figure(section, "publish() of 8 f64 vs iceoryx2 update_with_copy", publish, "ns",
+                     vs=("iceoryx2 update", update), goal=1.0)  # fmt: skip
+        ratio_figure(section, "iceoryx2 blackboard entry.get().decode_as()", get, "ns",
+                     vs=("our read()", read), goal=None)  # fmt: skip
+        ratio_figure(section, "our read() vs iceoryx2 read", read, "ns", vs=("iceoryx2 read", get), goal=0.25)
+        del reader, entry, service, node
+    try:  # untyped module: held as Any (mypy --strict refuses its calls otherwise)
+        mmap_dict: Any = importlib.import_module("prometheus_client.mmap_dict")
+    except ImportError:
+        section.note("prometheus_client is not installed: its rows are not measured.")
+        return
+    with tempfile.TemporaryDirectory(prefix="smbench-prom-") as tmp:
+        path = str(Path(tmp) / "gauge_all_1.db")
+        store = mmap_dict.MmapedDict(path)
+        keys = [f'["g", "g{i}", {{}}, {{}}, "help"]' for i in range(8)]
+        for key in keys:
+            store.write_value(key, 0.0, 0.0)
+        write_value = store.write_value
+
+        def write8() -> None:
+            now = time.time()
+            for key in keys:
+                write_value(key, 1.0, now)
+
+        write = _best(write8, number, repeat)
+        file_read = _best(lambda: list(mmap_dict.MmapedDict.read_all_values_from_file(path)), number, repeat)
+        store.close()
+    ratio_figure(section, "prometheus_client mmap file: 8 write_value", write, "ns",
+                 vs=("publish() of 8 f64", publish), goal=None)  # fmt: skip
+    ratio_figure(section, "prometheus_client mmap file read (8 values, as the collector)", file_read, "ns",
+                 vs=("our read()", read), goal=None)  # fmt: skip
+
+
+def _eventfd_spaced(rounds: int, gap: float) -> tuple[float, float]:
+    """One-way eventfd wake-up with the publish benchmark's pattern: the reader blocked, the
+    waker stamping time_ns and writing every `gap` seconds (so both CPUs may idle between, as
+    they do between publishes; the ping-pong keeps them busy). p50 and p99 in us."""
+    efd = os.eventfd(0)
+    report_r, report_w = os.pipe()
+    stamp = mmap.mmap(-1, mmap.PAGESIZE)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            out, seen = [], 0
+            while seen < rounds:  # two writes may come as one read: count writes, not reads
+                seen += os.eventfd_read(efd)
+                out.append((time.time_ns() - int.from_bytes(stamp[0:8], "little")) / 1e3)
+            os.write(report_w, (json.dumps(out) + "\n").encode())
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    time.sleep(0.1)
+    for _ in range(rounds):
+        stamp[0:8] = time.time_ns().to_bytes(8, "little")
+        os.eventfd_write(efd, 1)
+        time.sleep(gap)
+    with os.fdopen(report_r) as reports:
+        times = json.loads(reports.readline())
+    os.waitpid(pid, 0)
+    os.close(efd)
+    stamp.close()
+    return percentile(times, 50), percentile(times, 99)
+
+
 def _wake_up(section: Section, socket_path: str, cpu: sharingmemory.Section, readers: tuple[int, ...]) -> None:
     pingpong = _eventfd_pingpong(2_000)
     ratio_figure(section, "eventfd ping-pong, one way (p50)", pingpong[0], "us", vs=("itself", pingpong[0]), goal=None)
     ratio_figure(section, "eventfd ping-pong, one way (p99)", pingpong[1], "us", vs=("itself", pingpong[1]), goal=None)
+    if len(os.sched_getaffinity(0)) >= 2:
+        cpu_a, cpu_b = sorted(os.sched_getaffinity(0))[:2]
+        for label, pair in (("one CPU", (cpu_a, cpu_a)), ("two CPUs", (cpu_a, cpu_b))):
+            pinned = _eventfd_pingpong(2_000, pair)
+            ratio_figure(section, f"eventfd ping-pong pinned to {label} (p50)", pinned[0], "us",
+                         vs=("unpinned p50", pingpong[0]), goal=None)  # fmt: skip
+    spaced = _eventfd_spaced(200, 0.0021)
+    ratio_figure(section, "eventfd wake-up, spaced as the publishes (p50)", spaced[0], "us",
+                 vs=("ping-pong p50", pingpong[0]), goal=None)  # fmt: skip
+    ratio_figure(section, "eventfd wake-up, spaced as the publishes (p99)", spaced[1], "us",
+                 vs=("ping-pong p99", pingpong[1]), goal=None)  # fmt: skip
     costs = {}
     for count in readers:
         p50, p99, publish_us = _publish_to_waiters(socket_path, cpu, count, 200)
@@ -108,25 +210,35 @@ def _wake_up(section: Section, socket_path: str, cpu: sharingmemory.Section, rea
                      vs=("ping-pong p50", pingpong[0]), goal=1.5)  # fmt: skip
         ratio_figure(section, f"publish to wake-up, {count} waiting (p99)", p99, "us",
                      vs=("ping-pong p99", pingpong[1]), goal=1.5)  # fmt: skip
+        ratio_figure(section, f"publish to wake-up, {count} waiting (p50) vs spaced eventfd", p50, "us",
+                     vs=("spaced eventfd p50", spaced[0]), goal=None)  # fmt: skip
         costs[count] = publish_us
     first = min(readers)
     for count in readers:
         ratio_figure(section, f"publish() with {count} waiting (the waker's cost, median)", costs[count], "us",
                      vs=(f"with {first} waiting", costs[first]), goal=1.5 if count != first else None)  # fmt: skip
     section.note(
-        "Waiters sleep in FUTEX_WAIT on seq; a publish makes one FUTEX_WAKE when the driver's waiters word is not 0. "
-        "The kernel still wakes each waiter inside that one call (futex(2) walks the hash bucket), so the waker's "
-        "cost grows with the waiters, in the kernel, not in Python; the time section's tick still writes one "
-        "eventfd per waiter (the driver's tick events belong to another change): not measured here."
+        "Waiters sleep in FUTEX_WAIT on seq; a publish makes one FUTEX_CMP_REQUEUE when the driver's waiters word "
+        "is not 0: one waiter woken, the rest moved asleep to the relay word; each woken waiter wakes two more "
+        "there (docs/section-abi.md). The ping-pong keeps both CPUs busy; the spaced eventfd wakes a blocked "
+        "reader with the publishes' spacing, the fair baseline for one waiter. The time section's tick still "
+        "writes one eventfd per waiter (the driver's tick events belong to another change): not measured here."
     )
 
 
-def _eventfd_pingpong(rounds: int) -> tuple[float, float]:
-    """One-way wake-up between two processes: half of each eventfd round trip, p50 and p99 in us."""
+def _eventfd_pingpong(rounds: int, cpus: tuple[int, int] | None = None) -> tuple[float, float]:
+    """One-way wake-up between two processes: half of each eventfd round trip, p50 and p99 in us.
+    `cpus`: pin the two sides (waker, reader) there; unpinned, the scheduler may keep both on
+    one CPU (a wake-up with no IPI) in one run and split them in the next."""
     ping, pong = os.eventfd(0), os.eventfd(0)
+    before = os.sched_getaffinity(0)
+    if cpus is not None:
+        os.sched_setaffinity(0, {cpus[0]})
     pid = os.fork()
     if pid == 0:
         try:
+            if cpus is not None:
+                os.sched_setaffinity(0, {cpus[1]})
             for _ in range(rounds):
                 os.eventfd_read(ping)
                 os.eventfd_write(pong, 1)
@@ -139,6 +251,7 @@ def _eventfd_pingpong(rounds: int) -> tuple[float, float]:
         os.eventfd_read(pong)
         times.append((time.perf_counter() - start) / 2 * 1e6)
     os.waitpid(pid, 0)
+    os.sched_setaffinity(0, before)
     os.close(ping)
     os.close(pong)
     return percentile(times, 50), percentile(times, 99)

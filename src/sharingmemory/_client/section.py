@@ -11,9 +11,14 @@ closes (for a producer, closing the device is also what stops the section). A re
 outlives the producer: the section then reads state stopped and keeps the last complete value.
 
 Waiting: `wait_next` sleeps in FUTEX_WAIT on the low half of `seq`, after registering once with
-the driver (IOCTL_WAIT_SECTION) so that producers know to wake it. A futex cannot also watch the
-device socket, so each sleep is bounded (`_WAIT_SLICE`) and the socket is checked for a hang-up
-between sleeps: a driver that dies is noticed within that bound.
+the driver (IOCTL_WAIT_SECTION) so that producers know to wake it. The wake-up fans out among
+the waiters (docs/section-abi.md, "Waiting"): the producer wakes one and requeues the others,
+still asleep, onto the relay word (`waiters`'s address); every reader a wake-up ended wakes
+`_FANOUT` more on the relay before anything else. The producer pays one wake-up however many
+wait, and the kernel's wake-ups run on the readers' time, in parallel. A reader that does not
+pass the wake on delays the others by at most one slice. A futex cannot also watch the device
+socket, so each sleep is bounded (`_WAIT_SLICE`) and the socket is checked for a hang-up after
+a sleep that brought nothing: a driver that dies is noticed within that bound.
 
 This module knows the device only through `_Port`, the three calls it needs.
 """
@@ -52,13 +57,16 @@ from .._defs import (
     layout,
     state_from_code,
 )
-from .._defs.section import SEQ_OFFSET
+from .._defs.section import SEQ_OFFSET, WAITERS_OFFSET
 from .._sys import Fd, libc
 
 _PAGE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | 0x0010 | fcntl.F_SEAL_SEAL  # 0x10: FUTURE_WRITE
 _U32 = struct.Struct("<I")
 #: The longest single FUTEX_WAIT: how soon a waiter notices a driver that died without a word.
 _WAIT_SLICE: Final = 0.25
+#: Wake-ups each woken reader passes on: the chain covers n waiters in about log2(n) steps, and
+#: a reader that keeps its wake-up to itself costs the chain one link (each honest link adds one).
+_FANOUT: Final = 2
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
 
@@ -189,6 +197,7 @@ class Section:
     _last: Snapshot
     _waiting_registered = False
     _seen: int | None = None
+    _futex_word: memoryview | None = None
 
     def __init__(self, port: _Port, name: str, reply: bytes, fd: Fd | None, *, producer: bool) -> None:
         if fd is None:
@@ -227,6 +236,8 @@ class Section:
                 self._seq_word = _NoWord()
             self.publish = self._not_publishing
             if producer:
+                # The futex word in native order, as the kernel compares it (the page is little-endian).
+                self._futex_word = memoryview(self._map)[SEQ_OFFSET : SEQ_OFFSET + 4].cast("I")
                 self._writer = SectionWriter(self._map, *args)
                 self._port.ioctl(IOCTL_SEAL_SECTION, _U32.pack(section_id))
                 self.publish = self._writer.publisher(time.time_ns, self._wake)
@@ -280,7 +291,16 @@ class Section:
         raise ValueError(f"section {self.name} is not open for publishing")
 
     def _wake(self) -> None:
-        libc.futex_wake(self._address + SEQ_OFFSET)
+        """Wake one waiter and requeue the rest onto the relay word: the woken pass it on. The
+        futex word compared is the one the writer just stored (the kernel refuses with EAGAIN
+        if the driver's stop moved it since: then everyone is woken the old way)."""
+        address, word = self._address, self._futex_word
+        assert word is not None  # a producer's, set with its writer
+        try:
+            libc.futex_cmp_requeue(address + SEQ_OFFSET, word[0], address + WAITERS_OFFSET)
+        except OSError:
+            libc.futex_wake(address + SEQ_OFFSET)
+            libc.futex_wake(address + WAITERS_OFFSET)
 
     # --- waiting ------------------------------------------------------------------------------
 
@@ -299,12 +319,21 @@ class Section:
             self._waiting_registered = True
 
     def _sleep(self, word: int, seconds: float) -> None:
-        """One bounded FUTEX_WAIT on `seq`'s low half, then a look at the device socket."""
-        libc.futex_wait(self._address + SEQ_OFFSET, word, int(seconds * 1e9))
+        """One bounded FUTEX_WAIT on `seq`'s low half; if a wake-up ended it (from `seq` or,
+        requeued, from the relay), pass it on to `_FANOUT` more before anything else: the
+        chain's speed is each link's first instructions. Not when `waiters` counts this reader
+        alone: every reader the publish found asleep had registered before it slept, so the
+        count already included it (one system call fewer on the lone waiter's path)."""
+        address = self._address
+        if libc.futex_wait(address + SEQ_OFFSET, word, int(seconds * 1e9)) == libc.FUTEX_WOKEN:
+            mapping = self._map
+            if mapping is not None and _U32.unpack_from(mapping, WAITERS_OFFSET)[0] > 1:
+                libc.futex_wake(address + WAITERS_OFFSET, _FANOUT)
+
+    def _check_driver(self) -> None:
+        """After a sleep that brought no news: a driver SIGKILLed writes no state=stopped."""
         if self._port.hung_up():
-            snap = self._news()
-            if snap is None:
-                raise DeviceNotConnected(f"the driver died while waiting on section {self.name}")
+            raise DeviceNotConnected(f"the driver died while waiting on section {self.name}")
 
     def wait_next(self, timeout: float | None = None, *, after: Snapshot | None = None) -> Snapshot:
         """Block until a publish newer than the last one this method returned (on the first
@@ -317,6 +346,7 @@ class Section:
         if after is not None:
             self._seen = after.updates
         self._register()
+        slept = False
         while True:
             mapping = self._map
             if mapping is None:
@@ -325,6 +355,9 @@ class Section:
             snap = self._news()
             if snap is not None:
                 return snap
+            if slept:
+                self._check_driver()
+            slept = True
             remaining = _WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())
             if remaining <= 0:
                 raise IoTimeout(f"no publish to section {self.name} within {timeout} s")
@@ -336,6 +369,7 @@ class Section:
         import asyncio
 
         self._register()
+        slept = False
         while True:
             mapping = self._map
             if mapping is None:
@@ -344,6 +378,9 @@ class Section:
             snap = self._news()
             if snap is not None:
                 return snap
+            if slept:
+                self._check_driver()
+            slept = True
             await asyncio.to_thread(self._sleep, word, _WAIT_SLICE)
 
     # --- closing ------------------------------------------------------------------------------
@@ -363,6 +400,9 @@ class Section:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.release()
+        futex_word, self._futex_word = self._futex_word, None
+        if futex_word is not None:
+            futex_word.release()
         word, self._seq_word = self._seq_word, _CLOSED
         if isinstance(word, memoryview):
             word.release()

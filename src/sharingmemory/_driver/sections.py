@@ -15,7 +15,8 @@ after sealing and stops a section it could not seal. Readers get an O_RDONLY ope
 memfd, opened only after sealing.
 
 Stopping: state=stopped, `seq` += 2 (same parity, so the stable copy stays), then one
-FUTEX_WAKE of every waiter. A producer killed inside a publish needs no repair: the latch leaves
+FUTEX_WAKE of every waiter on `seq` and one on the relay word (readers a publish requeued there
+and the chain has not reached yet). A producer killed inside a publish needs no repair: the latch leaves
 a complete copy. The driver reads producer-written memory only for `updates` in the list, with
 a bounded latch read: a producer cannot make the event loop wait.
 
@@ -57,7 +58,7 @@ from .._defs import (
     layout,
     write_new_section,
 )
-from .._defs.section import SEQ_OFFSET, bump_seq, write_state, write_waiters
+from .._defs.section import SEQ_OFFSET, WAITERS_OFFSET, bump_seq, write_state, write_waiters
 from .._defs.section_wire import LIST_HEAD_SIZE
 from .._sys import Fd, libc
 from .memory import PAGE_SEALS, _memfd_create
@@ -379,8 +380,10 @@ class SectionRegistry:
         section.state = SectionState.STOPPED
         write_state(section.mapping, SectionState.STOPPED)
         bump_seq(section.mapping)
+        address = libc.buffer_address(section.mapping)
         try:
-            self._wake(libc.buffer_address(section.mapping) + SEQ_OFFSET)
+            self._wake(address + SEQ_OFFSET)
+            self._wake(address + WAITERS_OFFSET)  # readers a producer requeued onto the relay word
         except OSError as err:  # ENOSYS on an unknown machine: waiters time out instead
             log.warning("section %s: futex wake failed: %s", section.name, err)
         section.mapping.close()

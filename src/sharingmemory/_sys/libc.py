@@ -7,8 +7,9 @@ functions do; no other module touches ctypes. What is here and why:
 * `mlock(2)`: the page is locked in RAM, as the seed's non-paged pool is;
 * `timerfd_create(2)` / `timerfd_settime(2)`: `os.timerfd_create` only arrives in Python 3.13;
 * `prctl(PR_SET_TIMERSLACK)`: how late the kernel may wake the driver's timed waits;
-* `futex(2)` FUTEX_WAIT / FUTEX_WAKE on a word of a shared mapping: how section readers sleep
-  until a publish, woken by one call however many they are (the `os` module has no futex);
+* `futex(2)` FUTEX_WAIT / FUTEX_WAKE / FUTEX_CMP_REQUEUE on a word of a shared mapping: how
+  section readers sleep until a publish, the producer waking one and moving the rest to a relay
+  word that the woken readers wake in turn (the `os` module has no futex);
 * `buffer_address`: where a (possibly read-only) buffer lives, for the seed's "address of the
   page" contract; `ctypes.c_char.from_buffer` insists on a writable buffer;
 * `statfs(2)`'s f_type (`filesystem_name`), which `os.statvfs` does not report: whether a
@@ -65,6 +66,7 @@ _libc.syscall.restype = ctypes.c_long
 _SYS_FUTEX: Final = {"x86_64": 202, "aarch64": 98, "riscv64": 98}.get(platform.machine())
 _FUTEX_WAIT: Final = 0  # shared, not FUTEX_PRIVATE_FLAG: the word lives in a memfd mapped by several processes
 _FUTEX_WAKE: Final = 1
+_FUTEX_CMP_REQUEUE: Final = 4
 FUTEX_AVAILABLE: Final = _SYS_FUTEX is not None
 
 
@@ -128,12 +130,20 @@ def set_timer_slack(slack_ns: int) -> None:
     _check(_libc.prctl(_PR_SET_TIMERSLACK, slack_ns, 0, 0, 0))
 
 
-def futex_wait(address: int, expected: int, timeout_ns: int | None) -> bool:
+#: What `futex_wait` saw: woken by a FUTEX_WAKE (the caller owes the wake-up chain its pass-on,
+#: docs/section-abi.md), the word already differed or a signal came (EAGAIN, EINTR), or the timeout.
+FUTEX_WOKEN: Final = 0
+FUTEX_CHANGED: Final = 1
+FUTEX_TIMED_OUT: Final = 2
+
+
+def futex_wait(address: int, expected: int, timeout_ns: int | None) -> int:
     """FUTEX_WAIT: sleep while the u32 at `address` holds `expected`, at most `timeout_ns`.
 
-    True when woken or when the word already differed (EAGAIN), False on timeout; EINTR counts
-    as a wake-up (the caller re-reads the word anyway). Works on a PROT_READ shared mapping: the
-    kernel only reads the word (futex(2)). The GIL is released while it sleeps.
+    FUTEX_WOKEN when a FUTEX_WAKE (or a requeue then a wake) ended the sleep, FUTEX_CHANGED when
+    the word already differed (EAGAIN) or a signal interrupted (EINTR; the caller re-reads the
+    word anyway), FUTEX_TIMED_OUT. Works on a PROT_READ shared mapping: the kernel only reads
+    the word (futex(2)). The GIL is released while it sleeps.
     """
     if _SYS_FUTEX is None:
         raise OSError(errno.ENOSYS, "futex: unknown syscall number on this machine")
@@ -145,13 +155,32 @@ def futex_wait(address: int, expected: int, timeout_ns: int | None) -> bool:
         ctypes.c_uint32(expected & 0xFFFFFFFF), None if spec is None else ctypes.byref(spec), None, ctypes.c_int(0),
     )  # fmt: skip
     if result == 0:
-        return True
+        return FUTEX_WOKEN
     err = ctypes.get_errno()
     if err in (errno.EAGAIN, errno.EINTR):
-        return True
+        return FUTEX_CHANGED
     if err == errno.ETIMEDOUT:
-        return False
+        return FUTEX_TIMED_OUT
     raise OSError(err, os.strerror(err))
+
+
+def futex_cmp_requeue(address: int, expected: int, target: int, wake: int = 1) -> int:
+    """FUTEX_CMP_REQUEUE: if the u32 at `address` still holds `expected`, wake `wake` of its
+    waiters and move all the others, still asleep, to wait on `target`; how many were woken or
+    moved. Moving is a list operation under the bucket lock, no wake-up (no IPI): the caller's
+    cost does not grow with the waiters as FUTEX_WAKE(INT_MAX)'s does. OSError(EAGAIN) when the
+    word moved meanwhile (futex(2)); the caller then wakes them all instead."""
+    if _SYS_FUTEX is None:
+        raise OSError(errno.ENOSYS, "futex: unknown syscall number on this machine")
+    return int(
+        _check(
+            _libc.syscall(
+                ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(address), ctypes.c_int(_FUTEX_CMP_REQUEUE),
+                ctypes.c_int(wake), ctypes.c_void_p(0x7FFFFFFF),  # val2, nr_requeue, rides in the timeout slot
+                ctypes.c_void_p(target), ctypes.c_uint32(expected & 0xFFFFFFFF),
+            )
+        )
+    )  # fmt: skip
 
 
 def futex_wake(address: int, count: int = 0x7FFFFFFF) -> int:
