@@ -295,3 +295,21 @@ def test_list_pages_and_reports(driver: Driver) -> None:
     }
     for produced in made:
         produced.close()
+
+
+def test_a_section_is_listed_only_once_it_can_be_opened(driver: Driver) -> None:
+    """Listed means openable: a producer between its CREATE and its SEAL (or one whose section
+    could not be sealed) shows nothing to readers, in the list as in OPEN."""
+    producer = _open(driver, PRODUCER)
+    reader = _open(driver, READER, FILE_READ_DATA)
+    produced = Produced(_create(driver, producer))
+
+    def listed() -> list[str]:
+        completion = _ioctl(driver, reader, IOCTL_LIST_SECTIONS, b"", 4096)
+        assert completion.status == NtStatus.STATUS_SUCCESS
+        return [info.name for info in decode_list(completion.output)[1]]
+
+    assert listed() == []
+    assert _ioctl(driver, producer, IOCTL_SEAL_SECTION, produced.id_bytes).status == NtStatus.STATUS_SUCCESS
+    assert listed() == ["sensors.cpu"]
+    produced.close()

@@ -338,7 +338,9 @@ class SectionRegistry:
         first = _U32.unpack(data)[0] if len(data) == _U32.size else 0
         if output_length < LIST_HEAD_SIZE:
             return SectionReply(NtStatus.STATUS_BUFFER_TOO_SMALL)
-        visible = [s for s in self._by_name.values() if s.may_read(peer)]
+        # Running sections only, as `_lookup` opens: one its producer has not sealed yet is not
+        # there for readers, so nothing listed is ever "not found" when opened.
+        visible = [s for s in self._by_name.values() if s.state is SectionState.RUNNING and s.may_read(peer)]
         entries, used = [], LIST_HEAD_SIZE
         for section in visible[first:]:
             entry = encode_list_entry(section.info())
