@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -36,15 +37,23 @@ def xdotool(display_name: str, *args: str) -> str:
 
 
 def button_centre(display_name: str, tmp_path: Path) -> tuple[int, int]:
+    """Where the Close button is drawn, found by its colour. The first tick is logged when the
+    window is updated, which can be before the X server has painted it: screenshots are taken
+    until the button shows, for up to 10 s."""
     shot = tmp_path / "screen.xwd"
-    subprocess.run(["xwd", "-root", "-silent", "-display", display_name, "-out", str(shot)], check=True, timeout=30)
-    image = read_xwd(shot.read_bytes())
     wanted = bytes(BUTTON)
-    points = [
-        (i // 3 % image.width, i // 3 // image.width)
-        for i in range(0, len(image.rgb), 3)
-        if image.rgb[i : i + 3] == wanted
-    ]
+    deadline = time.monotonic() + 10
+    while True:
+        subprocess.run(["xwd", "-root", "-silent", "-display", display_name, "-out", str(shot)], check=True, timeout=30)
+        image = read_xwd(shot.read_bytes())
+        points = [
+            (i // 3 % image.width, i // 3 // image.width)
+            for i in range(0, len(image.rgb), 3)
+            if image.rgb[i : i + 3] == wanted
+        ]
+        if len(points) > 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert len(points) > 200, "no Close button on the screen"
     return sum(x for x, _ in points) // len(points), sum(y for _, y in points) // len(points)
 
