@@ -313,3 +313,23 @@ def test_a_section_is_listed_only_once_it_can_be_opened(driver: Driver) -> None:
     assert _ioctl(driver, producer, IOCTL_SEAL_SECTION, produced.id_bytes).status == NtStatus.STATUS_SUCCESS
     assert listed() == ["sensors.cpu"]
     produced.close()
+
+
+def test_supplementary_groups_count_for_producers_and_readers(driver: Driver) -> None:
+    """A group counts whether it is the peer's primary gid or a supplementary one (what
+    `usermod -aG` gives), for the producer policy and for a section's readers alike."""
+    member = Credentials(pid=400, uid=4000, gid=4000, groups=frozenset({1500, 2500}))
+    producer = _open(driver, member)
+    made = Produced(_create(driver, producer, "by.a.member", gids=(2500,)))
+    assert _ioctl(driver, producer, IOCTL_SEAL_SECTION, made.id_bytes).status == NtStatus.STATUS_SUCCESS
+    in_group = Credentials(pid=401, uid=4001, gid=4001, groups=frozenset({2500}))
+    opened = _ioctl(driver, _open(driver, in_group, FILE_READ_DATA), IOCTL_OPEN_SECTION, b"by.a.member", 64)
+    assert opened.status == NtStatus.STATUS_SUCCESS
+    assert opened.fd is not None
+    opened.fd.close()
+    outside = Credentials(pid=402, uid=4002, gid=4002, groups=frozenset({1500}))
+    refused = _ioctl(driver, _open(driver, outside, FILE_READ_DATA), IOCTL_OPEN_SECTION, b"by.a.member", 64)
+    assert refused.status == NtStatus.STATUS_ACCESS_DENIED
+    not_a_producer = Credentials(pid=403, uid=4003, gid=4003, groups=frozenset({2500}))
+    assert _create(driver, _open(driver, not_a_producer), "not.allowed").status == NtStatus.STATUS_ACCESS_DENIED
+    made.close()

@@ -80,6 +80,8 @@ class Peer(Protocol):
     def uid(self) -> int: ...
     @property
     def gid(self) -> int: ...
+    @property
+    def groups(self) -> frozenset[int]: ...
 
 
 class SectionReply(NamedTuple):
@@ -108,13 +110,14 @@ class SectionLimits:
 
 @dataclass(frozen=True)
 class ProducerPolicy:
-    """Who may create sections: these uids or members (primary gid) of these gids. Root always."""
+    """Who may create sections: these uids or members of these gids (primary or supplementary,
+    SO_PEERGROUPS). Root always."""
 
     uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
     gids: frozenset[int] = frozenset()
 
     def allows(self, peer: Peer) -> bool:
-        return peer.uid == 0 or peer.uid in self.uids or peer.gid in self.gids
+        return peer.uid == 0 or peer.uid in self.uids or peer.gid in self.gids or not self.gids.isdisjoint(peer.groups)
 
 
 @dataclass(eq=False)
@@ -140,7 +143,9 @@ class _Section:
             return True
         if not self.reader_uids and not self.reader_gids:
             return True
-        return peer.uid in self.reader_uids or peer.gid in self.reader_gids
+        return (
+            peer.uid in self.reader_uids or peer.gid in self.reader_gids or not self.reader_gids.isdisjoint(peer.groups)
+        )
 
     def updates(self) -> int:
         """The update count by a bounded latch read of the producer's words (never waits)."""

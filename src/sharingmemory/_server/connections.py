@@ -86,7 +86,6 @@ class ConnectionHandling:
     _selector: selectors.BaseSelector
     _listener: socket.socket
     _listener_is_ours: bool
-    _want_groups: bool
     _accept_paused: bool
     _connections: dict[int, _Connection]
     _pending: dict[int, _Connection]
@@ -118,7 +117,9 @@ class ConnectionHandling:
             if self.fds_refused_by_kernel and not self._listener_is_ours:
                 unix.refuse_passed_fds(sock)  # for a passed listener's connections made earlier
             pid, uid, gid = unix.peer_credentials(sock)
-            groups = unix.peer_groups(sock) if self._want_groups else frozenset[int]()
+            # Always: any gid list may ask (the access policy, the producer policy, or a section's
+            # readers, which a producer names long after this connection was made). One getsockopt.
+            groups = unix.peer_groups(sock)
         except OSError:
             self._close_socket(sock)
             return

@@ -137,7 +137,6 @@ class DeviceServer(ConnectionHandling):
         self._closer = Closer(config.closer_budget or DEFAULT_BUDGET, on_room=self._wake)
         self.fds_refused_by_kernel = False
         self._listener_is_ours = listener is None
-        self._want_groups = bool(config.driver.policy.gids)
         self._selector = selectors.DefaultSelector()
         self._stopping: str | None = None
         self._accept_paused = False
@@ -300,7 +299,6 @@ class DeviceServer(ConnectionHandling):
                 done.append(f"the rest kept: {err}")
             else:
                 self.driver.config = config
-                self._want_groups = bool(config.policy.gids)
                 done.append(what)
         line = "SIGHUP: " + "; ".join(done) + "; other settings need a restart"
         log.info("%s", line)
