@@ -74,7 +74,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--allow-producer-gid", type=parse_id, action="append", default=[], metavar="GID",
-        help="members (primary gid) of this group may create sections; repeatable",
+        help="members (primary or supplementary) of this group may create sections; repeatable",
     )  # fmt: skip
     defaults = SectionLimits()
     group.add_argument("--max-section-size", type=parse_positive, default=defaults.max_section_size, metavar="BYTES",
