@@ -211,7 +211,7 @@ class UntrustedDevice(NtStatusError):
 
     Raised before any of it is used: the listening process is not root, this user or a uid the
     caller named as trusted (SO_PEERCRED); the socket's directory could be replaced by another
-    user; the page fd lacks the ABI's seals or size; the tick fd is not a pipe or an eventfd.
+    user; the page fd lacks the ABI's seals or size; the tick fd is not a channel, a pipe or an eventfd.
     Whoever can create files in a shared directory can serve a fake driver there, so none of
     these is taken on trust."""
 
