@@ -59,6 +59,7 @@ from .._defs import (
 )
 from .._defs.section import SEQ_OFFSET, WAITERS_OFFSET
 from .._sys import Fd, libc
+from .section_async import AsyncWake
 
 _PAGE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | 0x0010 | fcntl.F_SEAL_SEAL  # 0x10: FUTURE_WRITE
 _U32 = struct.Struct("<I")
@@ -198,6 +199,7 @@ class Section:
     _waiting_registered = False
     _seen: int | None = None
     _futex_word: memoryview | None = None
+    _async_wake: AsyncWake | None = None
 
     def __init__(self, port: _Port, name: str, reply: bytes, fd: Fd | None, *, producer: bool) -> None:
         if fd is None:
@@ -304,12 +306,19 @@ class Section:
 
     # --- waiting ------------------------------------------------------------------------------
 
-    def _news(self) -> Snapshot | None:
-        snap = self.read()
+    def _baseline(self) -> int:
+        """The update a wait that starts now waits past: the last one a wait returned, or on
+        the first wait the section as it is. Each wait keeps its own copy, so waits running at
+        once (threads, tasks) each see the publish; none takes it from another."""
         if self._seen is None:
-            self._seen = snap.updates
-        if snap.state is SectionState.STOPPED or snap.updates != self._seen:
-            self._seen = snap.updates
+            self._seen = self.read().updates
+        return self._seen
+
+    def _news(self, baseline: int) -> Snapshot | None:
+        snap = self.read()
+        if snap.state is SectionState.STOPPED or snap.updates != baseline:
+            if self._seen is None or snap.updates > self._seen:
+                self._seen = snap.updates
             return snap
         return None
 
@@ -343,16 +352,15 @@ class Section:
         A stopped section returns at once (check `.state`). Raises IoTimeout (a TimeoutError)
         after `timeout` seconds, DeviceNotConnected if the driver dies meanwhile."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if after is not None:
-            self._seen = after.updates
         self._register()
+        baseline = self._baseline() if after is None else after.updates
         slept = False
         while True:
             mapping = self._map
             if mapping is None:
                 raise ValueError(f"section {self.name} is closed")
             word = _U32.unpack_from(mapping, SEQ_OFFSET)[0]  # before the read: a publish between moves it
-            snap = self._news()
+            snap = self._news(baseline)
             if snap is not None:
                 return snap
             if slept:
@@ -364,24 +372,36 @@ class Section:
             self._sleep(word, remaining)
 
     async def next_update(self) -> Snapshot:
-        """The asyncio form of `wait_next()`: the futex sleep runs in a worker thread, one
-        bounded slice at a time. Bound it with `asyncio.timeout()`."""
-        import asyncio
-
+        """The asyncio form of `wait_next()`: every task waiting on this section shares one
+        watcher thread (`section_async`), however many there are. Bound it with
+        `asyncio.timeout()`."""
         self._register()
+        if self._async_wake is None:
+            self._async_wake = AsyncWake(self._sleep, self._current_word, _WAIT_SLICE)
+        baseline = self._baseline()
         slept = False
         while True:
-            mapping = self._map
-            if mapping is None:
+            word = self._current_word()
+            if word is None:
                 raise ValueError(f"section {self.name} is closed")
-            word = _U32.unpack_from(mapping, SEQ_OFFSET)[0]
-            snap = self._news()
+            snap = self._news(baseline)
             if snap is not None:
                 return snap
             if slept:
                 self._check_driver()
             slept = True
-            await asyncio.to_thread(self._sleep, word, _WAIT_SLICE)
+            await self._async_wake.after(word)
+
+    def _current_word(self) -> int | None:
+        """`seq`'s low half, the futex word, read before looking for news (a publish between
+        moves it); None once closed."""
+        mapping = self._map
+        if mapping is None:
+            return None
+        try:
+            return int(_U32.unpack_from(mapping, SEQ_OFFSET)[0])
+        except ValueError:  # unmapped by a close in another thread
+            return None
 
     # --- closing ------------------------------------------------------------------------------
 
