@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .._sys import Fd
-from .sections import ProducerPolicy, SectionLimits
+from .sections import ProducerPolicy, SectionLimits, is_listed
 
 MIN_INTERVAL_NS = 1_000_000
 #: A day: the longest period anyone means for a clock's tick, and far inside what the page's
@@ -78,7 +78,7 @@ class AccessPolicy:
     gids: frozenset[int] = frozenset()
 
     def allows(self, cred: Credentials) -> bool:
-        return cred.uid == 0 or cred.uid in self.uids or cred.gid in self.gids or not self.gids.isdisjoint(cred.groups)
+        return cred.uid == 0 or is_listed(cred, self.uids, self.gids)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,13 @@ class Peer(Protocol):
     def groups(self) -> frozenset[int]: ...
 
 
+def is_listed(peer: Peer, uids: frozenset[int], gids: frozenset[int]) -> bool:
+    """Whether `peer` is one of `uids` or a member of one of `gids`, the group primary or
+    supplementary (SO_PEERGROUPS): the one membership rule of every access list the driver
+    keeps (the device's, the producers', a section's readers)."""
+    return peer.uid in uids or peer.gid in gids or not gids.isdisjoint(peer.groups)
+
+
 class SectionReply(NamedTuple):
     """status, information-bearing output, and the fd to send (owned by the receiver)."""
 
@@ -117,7 +124,7 @@ class ProducerPolicy:
     gids: frozenset[int] = frozenset()
 
     def allows(self, peer: Peer) -> bool:
-        return peer.uid == 0 or peer.uid in self.uids or peer.gid in self.gids or not self.gids.isdisjoint(peer.groups)
+        return peer.uid == 0 or is_listed(peer, self.uids, self.gids)
 
 
 @dataclass(eq=False)
@@ -143,9 +150,7 @@ class _Section:
             return True
         if not self.reader_uids and not self.reader_gids:
             return True
-        return (
-            peer.uid in self.reader_uids or peer.gid in self.reader_gids or not self.reader_gids.isdisjoint(peer.groups)
-        )
+        return is_listed(peer, self.reader_uids, self.reader_gids)
 
     def updates(self) -> int:
         """The update count by a bounded latch read of the producer's words (never waits)."""
