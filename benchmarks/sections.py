@@ -60,7 +60,7 @@ def _publish_and_read(section: Section, cpu: sharingmemory.Section, reader: obje
     assert writer is not None
     view = memoryview(mapping)
     word = view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
-    pack_into, offset = writer._struct.pack_into, writer._copy0
+    pack_into, offset = writer._struct.pack_into, writer._copies[(writer._seq + 1) & 1]  # the copy nobody reads
 
     def bare(*, f0: float, f1: float, f2: float, f3: float, f4: float, f5: float, f6: float, f7: float) -> None:
         """The floor: one seqlock write of the eight values (odd, store, even), no checks."""
@@ -95,11 +95,11 @@ def _publish_and_read(section: Section, cpu: sharingmemory.Section, reader: obje
         vs=("time.time_ns()", clock), goal=None,
     )  # fmt: skip
     section.note(
-        "publish() is the per-schema generated function (one keyword parameter per field, so the call builds no "
-        "dict): it checks each value's type and range inline, writes BOTH latch copies (the floor writes one), "
-        "stamps published_ns (time.time_ns) and looks at the waiters word. Profile of the difference: two packs "
-        "of the copy ~2x150 ns, eight inline checks ~8x35 ns, the value-list copy ~80 ns, time_ns ~50 ns. "
-        "What would close the rest: a C accelerator for the check-and-pack, outside the standard library rule."
+        "publish() is the per-schema generated function (one keyword parameter per field, so the call binds "
+        "no dict): one comparison a field for a value of the exact type, one pack of the copy readers are not on "
+        "and one store of seq (the floor stores seq twice), plus what the floor does not do: time.time_ns for "
+        "published_ns (~60 ns), the read of the waiters word (~40 ns), the tuple of current values that a "
+        "partial publish draws on (~35 ns). Of the floor itself, ~580 ns is the keyword call."
     )
 
 

@@ -4,10 +4,10 @@
  * Theory of operation: this header is the C form of docs/section-abi.md (normative);
  * src/sharingmemory/_defs/section.py is the Python form, and tests/integration/test_c_section.py
  * checks the two against each other. A section is a header (144 bytes), a schema table that
- * names and types every field, and two copies of the values written by a latch: the producer
- * makes `seq` odd and writes copy 0, then makes it even and writes copy 1; a reader copies copy
- * `seq & 1` and keeps it if `seq` did not move. A producer killed at any instant leaves the copy
- * that `seq` names complete, so a reader never spins on a dead producer nor sees a torn value.
+ * names and types every field, and two copies of the values written by a latch: a reader copies
+ * copy `seq & 1` and keeps it if `seq` did not move; the producer writes the other copy, then
+ * adds 1 to `seq`. A producer killed at any instant leaves the copy that `seq` names complete,
+ * so a reader never spins on a dead producer nor sees a torn value.
  *
  * Every byte of a section is untrusted (its producer can write anything into it): every offset
  * and length is checked against the mapped length before use, by sharingmemory_section_check

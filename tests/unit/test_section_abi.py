@@ -295,39 +295,67 @@ def test_f32_range() -> None:
 
 def _crash_states(buf: bytearray, data_offset: int, data_size: int, new: bytearray) -> list[bytearray]:
     """Every state a producer killed inside the publish that turns `buf` into `new` can leave:
-    after each store of `seq` and after each 8-byte prefix of either copy."""
+    after each 8-byte prefix of the copy it writes (the one `seq` does not name), then after
+    its one store of `seq`. The publish must touch nothing else."""
     seq = struct.unpack_from("<Q", buf, SEQ_OFFSET)[0]
-    copy0, copy1 = data_offset, data_offset + data_size
+    target = data_offset + ((seq + 1) & 1) * data_size
+    outside = [
+        i
+        for i in range(len(buf))
+        if not target <= i < target + data_size and i not in range(SEQ_OFFSET, SEQ_OFFSET + 8)
+    ]
+    assert all(buf[i] == new[i] for i in outside), "the publish wrote outside its copy and seq"
     states = []
-    odd = bytearray(buf)
-    struct.pack_into("<Q", odd, SEQ_OFFSET, seq + 1)
     for k in range(0, data_size + 1, 8):
-        state = bytearray(odd)
-        state[copy0 : copy0 + k] = new[copy0 : copy0 + k]
+        state = bytearray(buf)
+        state[target : target + k] = new[target : target + k]
         states.append(state)
-    even = bytearray(states[-1])
-    struct.pack_into("<Q", even, SEQ_OFFSET, seq + 2)
-    for k in range(0, data_size + 1, 8):
-        state = bytearray(even)
-        state[copy1 : copy1 + k] = new[copy1 : copy1 + k]
-        states.append(state)
+    done = bytearray(states[-1])
+    struct.pack_into("<Q", done, SEQ_OFFSET, seq + 1)
+    assert done == new
+    states.append(done)
     return states
 
 
-def test_a_producer_killed_at_any_store_leaves_a_complete_value() -> None:
+@pytest.mark.parametrize("generated", [False, True], ids=["publish", "publisher"])
+def test_a_producer_killed_at_any_store_leaves_a_complete_value(generated: bool) -> None:
+    """Four publishes in a row (so both copies take their turn), each a different subset of
+    the fields: every state a kill can leave reads as the value before or after, whole."""
     buf, writer, _reader = _section()
     header = decode_header(buf)
-    writer.publish({"temperature": 1.0, "load": 1.0, "fan_rpm": 1, "governor": "one"}, 1)
-    old = bytearray(buf)
-    writer.publish({"temperature": 2.0, "load": 2.0, "fan_rpm": 2, "governor": "two"}, 2)
-    new = bytearray(buf)
-    schema = decode_schema(memoryview(old)[HEADER_SIZE : HEADER_SIZE + header.schema_size], 4, header.data_size)
-    seen = set()
-    for state in _crash_states(old, header.data_offset, header.data_size, new):
-        snap = SectionReader(state, schema.fields, schema.offsets, header.data_offset, header.data_size).read()
-        assert snap in {(1, 1, 0, 1.0, 1.0, 1, "one"), (2, 2, 0, 2.0, 2.0, 2, "two")}, snap
-        seen.add(snap[0])
-    assert seen == {1, 2}
+    stamps = iter(range(1, 100))
+    publisher = writer.publisher(lambda: next(stamps), lambda: None)
+
+    def publish(**values: object) -> None:
+        if generated:
+            publisher(**values)
+        else:
+            writer.publish(values, next(stamps))
+
+    publish(temperature=1.0, load=1.0, fan_rpm=1, governor="one")
+    expected: list[tuple[object, ...]] = [(1, 1, 0, 1.0, 1.0, 1, "one")]
+    changes: list[dict[str, object]] = [
+        {"temperature": 2.0},
+        {"load": 3.0, "governor": "three"},
+        {"fan_rpm": 4},
+        {"temperature": 5.0},
+    ]
+    schema = decode_schema(memoryview(buf)[HEADER_SIZE : HEADER_SIZE + header.schema_size], 4, header.data_size)
+    for change in changes:
+        old = bytearray(buf)
+        publish(**change)
+        before = expected[-1]
+        after = list(before)
+        after[0] = after[1] = len(expected) + 1
+        for name, value in change.items():
+            after[3 + [f.name for f in schema.fields].index(name)] = value
+        expected.append(tuple(after))
+        seen = set()
+        for state in _crash_states(old, header.data_offset, header.data_size, bytearray(buf)):
+            snap = SectionReader(state, schema.fields, schema.offsets, header.data_offset, header.data_size).read()
+            assert snap in {before, expected[-1]}, snap
+            seen.add(snap)
+        assert seen == {before, expected[-1]}
 
 
 def test_the_drivers_seq_bump_keeps_the_stable_copy() -> None:
@@ -384,3 +412,24 @@ def test_the_generated_publisher(names: tuple[str, ...]) -> None:
     assert publish(n=4) == 2
     assert woken == [1]
     assert reader.read()[3:] == (1.5, *(0.0,) * (len(names) - 1), 4, "ab")
+
+
+class _LyingFloat:
+    """Claims to be a float (as `Mock(spec=float)` does): the publisher's one-comparison check
+    lets it through to struct, which must not turn it into anything but ValueError."""
+
+    __class__ = float  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("field", [Field("x", "f64"), Field("x", "f32"), Field("x", "u32"), Field("x", "bool")])
+def test_a_value_that_lies_about_its_type_changes_nothing(field: Field) -> None:
+    _buf, writer, reader = _section((field, Field("n", "i64")))
+    publish = writer.publisher(lambda: 7, lambda: None)
+    publish(n=1)
+    before = reader.read()
+    for liar in (_LyingFloat(), object(), "1.0", None, [1.0]):
+        with pytest.raises(ValueError, match=r"\w"):
+            publish(x=liar, n=2)
+        assert reader.read() == before
+    assert publish(n=3) == 2  # the refused publishes did not count
+    assert reader.read()[3:] == (before[3], 3)

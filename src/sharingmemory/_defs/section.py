@@ -15,11 +15,13 @@ and afterwards only `state` and `waiters` (and a bump of `seq` when it stops the
 that a reader about to sleep on `seq` sees it move). The producer writes `seq` and the two copies.
 Readers never write: their mapping is PROT_READ of a sealed memfd.
 
-The latch (Linux's `raw_write_seqcount_latch`). The producer makes `seq` odd and writes copy 0,
-then makes `seq` even and writes copy 1. A reader loads `seq`, reads copy `seq & 1` (the one the
-producer is not inside), and accepts it if `seq` did not move meanwhile. A producer killed at any
-instruction therefore leaves one complete copy, the one `seq`'s low bit names: readers neither
-spin nor see a torn value, and they read the last complete publish.
+The latch (after Linux's `raw_write_seqcount_latch`, with one store of `seq` a publish). A reader
+loads `seq`, reads copy `seq & 1`, and accepts it if `seq` did not move meanwhile. The producer
+writes the *other* copy, the one no reader is on, and then adds 1 to `seq`, which hands the
+readers the copy just written. While `seq` holds a value, the copy it names is never written, so
+a producer killed at any instruction leaves that copy complete: readers neither spin nor see a
+torn value, and they read the last complete publish. (The first form of this ABI wrote both
+copies, with two stores of `seq`; readers follow the same rule for either.)
 
 Everything a reader parses is untrusted (a producer can scribble over its own header): decoding
 checks every offset and length against the mapped size, and raises `SectionFormatError` (a

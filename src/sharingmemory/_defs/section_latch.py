@@ -1,8 +1,9 @@
 """Sections' values: the latch writer (the producer's) and reader (anyone's), over any buffer.
 
-Theory of operation in `section` and docs/section-abi.md: `seq` odd while copy 0 changes, even
-while copy 1 changes; a reader reads copy `seq & 1` and accepts it if `seq` did not move. A
-producer killed at any instruction leaves the copy `seq` names complete.
+Theory of operation in `section` and docs/section-abi.md: readers read copy `seq & 1` and accept
+it if `seq` did not move; the producer writes the other copy, the one nobody reads, and then moves
+`seq` on by one to name it. A producer killed at any instruction leaves the copy `seq` names
+complete.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ class SectionWriter:
     thread-safe (the latch's rule). Keeps its own copy of the values and of `seq`, so it never
     reads the shared page back: a reader cannot steer it (readers cannot write anyway).
 
-    Cost: a publish packs the whole copy twice with one precompiled struct each time (the copy
-    being written is the one readers do not look at, so struct's zero-then-fill of its target is
-    harmless there; `seq` itself is stored through a one-item 'Q' view, one 8-byte store)."""
+    Cost: a publish packs one whole copy with one precompiled struct (the copy readers do not
+    look at, so struct's zero-then-fill of its target is harmless there) and stores `seq` once,
+    through a one-item 'Q' view: one 8-byte store. The copy it writes is two publishes old, so
+    it is written whole, from the writer's own list of every current value."""
 
     def __init__(self, buffer: object, fields: Sequence[Field], offsets: Sequence[int], data_offset: int,
                  data_size: int) -> None:  # fmt: skip
@@ -79,11 +81,10 @@ class SectionWriter:
         self._seq_word = view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
         self._waiters = view[WAITERS_OFFSET : WAITERS_OFFSET + 4].cast("I")
         self._seq = _SEQ.unpack_from(view, SEQ_OFFSET)[0]
-        self._copy0 = data_offset
-        self._copy1 = data_offset + data_size
+        self._copies = (data_offset, data_offset + data_size)
         self._struct = _copy_struct(fields, offsets, data_size)
         self._pack_into = self._struct.pack_into
-        self._values = list(self._struct.unpack_from(view, data_offset + (self._seq & 1) * data_size))
+        self._values: tuple[object, ...] = self._struct.unpack_from(view, data_offset + (self._seq & 1) * data_size)
         self._slots: dict[str, tuple[int, type | None, float | None, float | None, str, int]] = {}
         order = _copy_order(fields, offsets)
         for item, index in zip(fields, order, strict=True):
@@ -92,13 +93,15 @@ class SectionWriter:
 
     @property
     def updates(self) -> int:
-        return int(self._values[0])
+        updates = self._values[0]
+        assert isinstance(updates, int)  # the copy header's u64, as struct unpacks it
+        return updates
 
     def publish(self, values: Mapping[str, object], published_ns: int) -> int:
         """One consistent update of the fields named in `values`; the others keep their values.
         Every value is checked first: a bad one raises ValueError and nothing changes.
         Returns the new update count."""
-        new = self._values.copy()
+        new = list(self._values)
         slots = self._slots
         for name, value in values.items():
             slot = slots.get(name)
@@ -111,15 +114,13 @@ class SectionWriter:
                 new[index] = value
             else:
                 new[index] = _check_value(name, slot[4], slot[5], value)
-        updates = new[0] + 1
+        updates = self.updates + 1
         new[0], new[1] = updates, published_ns
-        self._values = new
-        word, pack_into, seq = self._seq_word, self._pack_into, self._seq
-        word[0] = seq + 1 if _LITTLE else _le64(seq + 1)  # odd: readers use copy 1 while copy 0 changes
-        pack_into(self._view, self._copy0, *new)
-        word[0] = seq + 2 if _LITTLE else _le64(seq + 2)  # even: readers use copy 0 while copy 1 changes
-        pack_into(self._view, self._copy1, *new)
-        self._seq = seq + 2
+        self._values = tuple(new)
+        seq = self._seq + 1
+        self._pack_into(self._view, self._copies[seq & 1], *new)  # readers are on copy (seq - 1) & 1
+        self._seq_word[0] = seq if _LITTLE else _le64(seq)  # now they read the copy just written
+        self._seq = seq
         return int(updates)
 
     def publisher(self, now: Callable[[], int], wake: Callable[[], object]) -> Callable[..., int]:
@@ -142,34 +143,49 @@ class SectionWriter:
         scope: dict[str, object] = {
             "_M": _MISSING, "_self": self, "_check": _check_value, "_now": now, "_wake": wake,
             "_word": self._seq_word, "_waiters": self._waiters, "_pack": self._pack_into, "_view": self._view,
-            "_copy0": self._copy0, "_copy1": self._copy1, "_type": type, "_unknown_field": _unknown_field,
+            "_copies": self._copies, "_struct_error": struct.error, "_unknown_field": _unknown_field,
         }  # fmt: skip
         # Every name the body uses starts with "_", which no field name can: a field called
         # `type`, `new` or `seq` shadows nothing.
         lines = [f"def publish(*, {', '.join(f'{n}=_M' for n in names)}, **_unknown):"]
         lines.append("    if _unknown:\n        _unknown_field(_unknown)")
-        lines.append("    _new = _self._values.copy()")
+        # Each value is checked into its own parameter (a missing one takes the current value),
+        # and only after every check passes is anything written: a refusal changes nothing. The
+        # common case costs one comparison a field: a value of the exact type (and, for ints, in
+        # range) skips the branch; the sentinel of a missing field is an `object`, never an exact
+        # type, so it is told apart inside the branch. The copy is packed from those locals, in
+        # copy order, with no list in between. `updates` moves in step with `seq` (both by one a
+        # publish, here and in `publish`), so it is `seq` plus the offset they had at the start.
+        scope["_delta"] = self.updates - self._seq
+        lines.append("    _v = _self._values")
+        lines.append("    try:")  # free in 3.11 unless it raises; see the except below
+        order = [""] * len(names)
         for position, name in enumerate(names):
             index, exact, low, high, kind, length = self._slots[name]
+            order[index - 2] = name
             scope[f"_t{position}"], scope[f"_lo{position}"], scope[f"_hi{position}"] = exact, low, high
-            fast = f"_type({name}) is _t{position}"
-            if low is not None:
-                fast += f" and _lo{position} <= {name} <= _hi{position}"
             check = f"_check({name!r}, {kind!r}, {length}, {name})"
-            lines.append(f"    if {name} is not _M:")
-            value = f"{name} if {fast} else {check}" if exact else check
-            lines.append(f"        _new[{index}] = {value}")
+            if exact is None:  # str: always through _check, which encodes
+                lines.append(f"        {name} = _v[{index}] if {name} is _M else {check}")
+                continue
+            slow = f"{name}.__class__ is not _t{position}"
+            if low is not None:
+                slow += f" or not _lo{position} <= {name} <= _hi{position}"
+            lines.append(f"        if {slow}:")
+            lines.append(f"            {name} = _v[{index}] if {name} is _M else {check}")
+        values = ", ".join(order)
         lines += [
-            "    _updates = _new[0] + 1",
-            "    _new[0] = _updates",
-            "    _new[1] = _now()",
-            "    _self._values = _new",
-            "    _seq = _self._seq",
-            "    _word[0] = _seq + 1",  # odd: readers use copy 1 while copy 0 changes
-            "    _pack(_view, _copy0, *_new)",
-            "    _word[0] = _seq + 2",  # even: readers use copy 0 while copy 1 changes
-            "    _pack(_view, _copy1, *_new)",
-            "    _self._seq = _seq + 2",
+            "        _seq = _self._seq + 1",
+            "        _updates = _seq + _delta",
+            "        _ns = _now()",
+            f"        _pack(_view, _copies[_seq & 1], _updates, _ns, {values})",  # the copy readers are not on
+            # An object whose __class__ lies (Mock(spec=float) does) passes the one comparison
+            # and fails in a range check or in struct: nothing was written that readers see.
+            "    except (TypeError, _struct_error) as _error:",
+            "        raise ValueError(f'a value that is not what it claims: {_error}') from None",
+            "    _word[0] = _seq",  # one 8-byte store: now they read the copy just written
+            "    _self._seq = _seq",
+            f"    _self._values = (_updates, _ns, {values})",
             "    if _waiters[0]:",
             "        _wake()",
             "    return _updates",
