@@ -54,6 +54,8 @@ def test_publish_shares_a_pipelines_values_and_refuses_bad_lines(driver: DriverP
     process.stderr.close()
     assert [line.split(":")[2].strip() for line in errors[:-1]] == [f"line {n}" for n in (2, 3, 4, 5, 6, 7)], errors
     assert all(line.startswith("sharingmemory: error: ") for line in errors)
+    assert "line 2: not JSON (Expecting value at column 1)" in errors[0], errors  # no "line 1" of json's own
+    assert "line 6: not a JSON object but list" in errors[4], errors
     assert errors[-1] == "sharingmemory: error: 6 line(s) refused"
     assert wait_for(lambda: _updates(driver, "cpu") == -1)  # stopped when publish exited
 

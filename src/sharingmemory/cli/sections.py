@@ -190,9 +190,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             try:
-                values = json.loads(line)
+                try:
+                    values = json.loads(line)
+                except json.JSONDecodeError as err:  # its str() names "line 1": ours is the one that counts
+                    raise ValueError(f"not JSON ({err.msg} at column {err.colno})") from None
                 if not isinstance(values, dict):
-                    raise ValueError("not a JSON object")
+                    raise ValueError(f"not a JSON object but {type(values).__name__}")
                 section.publish(**values)
             except (ValueError, TypeError) as err:
                 refused += 1
