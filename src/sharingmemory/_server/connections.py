@@ -42,7 +42,16 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._defs import NtStatus, RemoteProtocolError, Reply, decode_request, encode_reply
+from .._defs import (
+    IOCTL_QUERY_STATUS,
+    MajorFunction,
+    NtStatus,
+    RemoteProtocolError,
+    Reply,
+    Request,
+    decode_request,
+    encode_reply,
+)
 from .._driver import PEER, Completion, Credentials, Driver, Handle, HandleState
 from .._sys import Fd, unix
 from .closer import Closer
@@ -93,6 +102,8 @@ class ConnectionHandling:
     _parked: dict[int, _Connection]
     #: The loop's tick check (`DeviceServer._tick_if_due`), run after each message.
     _tick_if_due: Callable[[], None]
+    #: True while `_take_in_hangups` serves other connections (it does not nest).
+    _taking_in_hangups: bool = False
 
     def _on_accept(self, _listener: object) -> None:
         for _ in range(_ACCEPTS_PER_WAKEUP):
@@ -213,6 +224,11 @@ class ConnectionHandling:
         if message.fds or message.fds_truncated:
             self._reply(connection, Reply(request.major, request.request_id, NtStatus.STATUS_INVALID_PARAMETER))
             return
+        if _counts_other_handles(request) and (
+            request.major is not MajorFunction.IRP_MJ_CREATE
+            or self.driver.handle_limit_reached(connection.handle.credentials.uid)
+        ):
+            self._take_in_hangups(connection)
         try:
             completion = self.driver.dispatch(connection.handle, request)
         except Exception:  # a driver bug must cost one connection, never the server and its clients
@@ -231,6 +247,30 @@ class ConnectionHandling:
                 # Cannot block: a dup of the driver's own page file or the client's end of a new
                 # tick channel (SHUT_RD on our end: nothing is queued on it), never a peer's fd.
                 completion.fd.close()
+
+    def _take_in_hangups(self, asking: _Connection) -> None:
+        """Serve what the other connections have queued before answering `asking`.
+
+        A reader's `close()` does not wait for the driver (client/device.py): it closes its
+        socket, and the driver learns of it from the hang-up. The kernel queues that hang-up in
+        close(2) itself, before the client can send anything else, so it is already in the
+        selector's ready set when a later request arrives, from any process; but the loop may
+        serve the later request first (a CREATE is read at accept). The two answers that depend
+        on other handles would then count one that is gone: a CREATE at the handle limit would be
+        refused, and a status would count the closed handle. So before those two the server
+        takes one non-blocking look (epoll_wait with timeout 0) and serves the connections that
+        are ready, as the next round would have: no more work than that round, one system call
+        more, and never a wait. Not nested: a CREATE served here does not look again.
+        """
+        if self._taking_in_hangups:
+            return
+        self._taking_in_hangups = True
+        try:
+            for key, _mask in self._selector.select(0):
+                if key.data == self._on_readable and key.fileobj is not asking.sock:
+                    self._on_readable(key.fileobj)
+        finally:
+            self._taking_in_hangups = False
 
     def _reply(self, connection: _Connection, reply: Reply, *, fd: Fd | None = None, close: bool = False) -> None:
         try:
@@ -298,3 +338,11 @@ class ConnectionHandling:
                 "handle %d: no CREATE within %.1f s; closing", connection.handle.handle_id, self.config.create_timeout
             )
             self._drop(connection)
+
+
+def _counts_other_handles(request: Request) -> bool:
+    """A CREATE (the handle limits) or a status query (the handle and page counts)."""
+    major = request.major
+    return major is MajorFunction.IRP_MJ_CREATE or (
+        major is MajorFunction.IRP_MJ_DEVICE_CONTROL and request.code == IOCTL_QUERY_STATUS
+    )
