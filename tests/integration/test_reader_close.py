@@ -19,9 +19,17 @@ from pathlib import Path
 import pytest
 
 import sharingmemory
-from sharingmemory import Field
-from sharingmemory._defs import IOCTL_CREATE_SECTION, CreateRequest, MajorFunction, encode_create
-from tests.support import DriverProcess, open_fds, run_in_fork, start_driver, wait_for
+from sharingmemory import Field, winioctl
+from sharingmemory._defs import (
+    IOCTL_CREATE_SECTION,
+    CreateRequest,
+    MajorFunction,
+    NtStatus,
+    Request,
+    encode_create,
+    encode_request,
+)
+from tests.support import DriverProcess, RawConnection, open_fds, run_in_fork, start_driver, wait_for
 
 FIELDS = (Field("value", "f64"),)
 
@@ -113,7 +121,7 @@ def test_a_create_at_the_handle_limit_is_never_refused_for_a_closed_reader(
         with driver.open() as device:  # the limit still holds for handles that are open
             with pytest.raises(sharingmemory.NtStatusError) as refused:
                 driver.open()
-            assert refused.value.status == sharingmemory.NtStatus.STATUS_TOO_MANY_OPENED_FILES
+            assert refused.value.status == NtStatus.STATUS_TOO_MANY_OPENED_FILES
             assert not device.closed
 
 
@@ -215,3 +223,31 @@ def test_readers_churning_at_their_limit_are_never_refused(tmp_path: Path, map_a
             pids.append(pid)
         codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
         assert codes == [0] * workers, "a CREATE was refused for handles already closed"
+
+
+@pytest.mark.parametrize("queued", [1, 8, 20])
+def test_taking_in_hangups_keeps_every_connections_order(driver: DriverProcess, queued: int) -> None:
+    """While the driver is stopped: one connection queues `queued` requests (more than the 8 the
+    loop serves per wake-up, for some), a reader closes, and a watcher asks for the status. The
+    driver may serve the first two from inside the status query; either way each connection's
+    replies come in its own order, and the closed reader is not counted."""
+    code = sharingmemory.CTL_CODE(winioctl.FILE_DEVICE_UNKNOWN, 0x8FF, 0, winioctl.FILE_READ_ACCESS)
+    with RawConnection(driver.socket_path) as busy, driver.open() as watcher:
+        assert busy.create().status == NtStatus.STATUS_SUCCESS
+        reader = driver.open_device(map=True)
+        answered: list[sharingmemory.DriverStatus] = []
+        os.kill(driver.pid, signal.SIGSTOP)
+        try:
+            for request_id in range(100, 100 + queued):
+                busy.send_raw(encode_request(Request(MajorFunction.IRP_MJ_DEVICE_CONTROL, request_id, code)))
+            reader.close()
+            asking = threading.Thread(target=lambda: answered.append(watcher.query_status()))
+            asking.start()
+        finally:
+            os.kill(driver.pid, signal.SIGCONT)
+        asking.join(60)
+        assert answered, "the status query was not answered"
+        assert (answered[0].handles, answered[0].mapped_handles) == (2, 0)  # busy's and the watcher's
+        replies = [busy.receive() for _ in range(queued)]
+        assert [reply.request_id for reply in replies if reply is not None] == list(range(100, 100 + queued))
+        assert {reply.status for reply in replies if reply is not None} == {NtStatus.STATUS_INVALID_DEVICE_REQUEST}

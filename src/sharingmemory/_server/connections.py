@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import select
 import selectors
 import socket
 from collections.abc import Callable
@@ -249,28 +250,44 @@ class ConnectionHandling:
                 completion.fd.close()
 
     def _take_in_hangups(self, asking: _Connection) -> None:
-        """Serve what the other connections have queued before answering `asking`.
+        """Run the cleanup of every connection that has hung up, before answering `asking`.
 
         A reader's `close()` does not wait for the driver (client/device.py): it closes its
-        socket, and the driver learns of it from the hang-up. The kernel queues that hang-up in
-        close(2) itself, before the client can send anything else, so it is already in the
-        selector's ready set when a later request arrives, from any process; but the loop may
-        serve the later request first (a CREATE is read at accept). The two answers that depend
-        on other handles would then count one that is gone: a CREATE at the handle limit would be
-        refused, and a status would count the closed handle. So before those two the server
-        takes one non-blocking look (epoll_wait with timeout 0) and serves the connections that
-        are ready, as the next round would have: no more work than that round, one system call
-        more, and never a wait. Not nested: a CREATE served here does not look again.
+        socket, and the driver learns of it from the hang-up. The kernel marks the hang-up in
+        close(2) itself, before the client can send anything else, so it is visible when any
+        later request arrives, from any process; but the loop may serve the later request first
+        (a CREATE is read at accept, several connections are ready at once). The two answers
+        that depend on other handles would then count one that is gone: a CREATE at the handle
+        limit would be refused, and a status would count the closed handle.
+
+        So before those two the server takes one non-blocking look (epoll_wait with timeout 0,
+        then one poll(2) of the ready ones for POLLRDHUP) and finishes the connections whose
+        peer has gone: what they queued before going, then the hang-up (`_drop`). That is work
+        the next rounds would do anyway, and it ends: a peer that has gone cannot queue more.
+        Live connections are left to the loop: serving their requests here could bring another
+        CREATE at the limit, which does not look again (this does not nest).
         """
         if self._taking_in_hangups:
             return
+        poller = select.poll()
+        for key, _mask in self._selector.select(0):
+            sock = key.fileobj
+            if key.data == self._on_readable and sock is not asking.sock and isinstance(sock, socket.socket):
+                poller.register(sock.fileno(), _HUNG_UP)
         self._taking_in_hangups = True
+        served = 0
         try:
-            for key, _mask in self._selector.select(0):
-                if key.data == self._on_readable and key.fileobj is not asking.sock:
-                    self._on_readable(key.fileobj)
+            for fileno, events in poller.poll(0):
+                connection = self._connections.get(fileno)
+                if not events & _HUNG_UP or connection is None:
+                    continue
+                served += 1
+                while self._connections.get(fileno) is connection and fileno not in self._parked:
+                    self._on_readable(connection.sock)
         finally:
             self._taking_in_hangups = False
+        if served:
+            log.debug("handle %d: %d hung-up connection(s) cleaned up first", asking.handle.handle_id, served)
 
     def _reply(self, connection: _Connection, reply: Reply, *, fd: Fd | None = None, close: bool = False) -> None:
         try:
@@ -346,3 +363,7 @@ def _counts_other_handles(request: Request) -> bool:
     return major is MajorFunction.IRP_MJ_CREATE or (
         major is MajorFunction.IRP_MJ_DEVICE_CONTROL and request.code == IOCTL_QUERY_STATUS
     )
+
+
+#: poll(2) events of a peer that has closed its end (unix(7): the socket is shut down both ways).
+_HUNG_UP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
