@@ -248,11 +248,11 @@ class Device(DeviceSections):
         and CLOSE together and waits for both replies (one round trip): when it returns, the
         driver has stopped its sections and freed their names. A read-only handle's close
         (`wait` left as None) waits for nothing: it closes the socket, and the driver runs the
-        same CLEANUP and CLOSE on the hang-up, as for a process that died. The kernel queues the
-        hang-up in close(2) itself, and the driver serves what is queued before it answers a
-        status query or a CREATE at a handle limit (_server/connections.py), so neither ever
-        counts a handle whose close() has returned. `wait=True` waits whatever the access;
-        `wait=False` never does.
+        same CLEANUP and CLOSE on the hang-up, as for a process that died. The kernel marks the
+        hang-up in close(2) itself, and the driver cleans up the connections that hung up before
+        it answers a status query or a CREATE at a handle limit (_server/connections.py), so
+        neither ever counts a handle whose close() has returned. `wait=True` waits whatever the
+        access; `wait=False` never does.
         """
         page, self._page = self._page, None
         if page is not None:
