@@ -251,3 +251,18 @@ def test_taking_in_hangups_keeps_every_connections_order(driver: DriverProcess, 
         replies = [busy.receive() for _ in range(queued)]
         assert [reply.request_id for reply in replies if reply is not None] == list(range(100, 100 + queued))
         assert {reply.status for reply in replies if reply is not None} == {NtStatus.STATUS_INVALID_DEVICE_REQUEST}
+
+
+def test_without_so_passrights_too(tmp_path: Path, no_fd_leak: None) -> None:
+    """Where the kernel cannot refuse peers' fds, the server closes sockets through its closer
+    (closer.py): a reader's hang-up takes that path, and is still cleaned up before a status
+    query or a CREATE at the limit."""
+    with start_driver(tmp_path, "--no-passrights", "--max-handles-per-uid", "2") as driver:
+        baseline = len(driver.fds())
+        with driver.open() as watcher:
+            for index in range(50):
+                with sharingmemory.open_device(driver.socket_path, map=index % 2 == 0) as device:
+                    device.map_shared_memory().read()
+                status = watcher.query_status()
+                assert (status.handles, status.mapped_handles, status.page_allocated) == (1, 0, False)
+        assert wait_for(lambda: len(driver.fds()) == baseline)
