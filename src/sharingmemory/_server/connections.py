@@ -23,6 +23,8 @@ stands, and why it cannot wait:
 * log lines a peer can cause: rate-limited (`PEER_LIMIT`), since stderr may be a pipe nobody
   drains and logging's write is blocking.
 * SO_PEERCRED/SO_PEERGROUPS: read from the kernel's copy taken at connect time.
+* the look for hang-ups before a status or a CREATE at the limit (`_take_in_hangups`):
+  epoll_wait and poll with timeout 0, and a gone peer's queue, which cannot grow.
 
 This module owns everything that happens on a connection's socket, from accept to `_drop`: the
 per-uid bound on connections waiting for CREATE, the idle deadline, parking a connection while
