@@ -340,8 +340,8 @@ def _open_cycle(section: Section, socket_path: str, cycles: int) -> None:
     ratio_figure(section, "with open_device() as d: d.open_section(name).read()", ours, "us",
                  vs=("open-cycle floor", floor), goal=1.5)  # fmt: skip
     section.note(
-        "The obvious way waits three round trips (CREATE, IOCTL_OPEN_SECTION with the fd, CLEANUP+CLOSE) where the "
-        "floor waits one; pipelining CREATE with the open, as open_device(map=True) does for the page, would close it."
+        "The obvious way waits two round trips (CREATE, then IOCTL_OPEN_SECTION with the fd; a reader's close() "
+        "waits for nothing) where the floor waits one: see docs/performance.md, note 8, for where the rest goes."
     )
 
 

@@ -159,7 +159,7 @@ def test_page_stays_readable_and_shows_stopped_after_close_of_the_last_handle(dr
         fd_copy = os.open(f"/proc/self/map_files/{page.address:x}-{page.address + 4096:x}", os.O_RDONLY)
     try:
         kept = sharingmemory.SharedPage(fd_copy)
-        assert kept.read().state == STATE_STOPPED
+        assert wait_for(lambda: kept.read().state == STATE_STOPPED)  # a reader's close does not wait
         kept.close()
     finally:
         os.close(fd_copy)

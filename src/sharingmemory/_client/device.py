@@ -43,6 +43,7 @@ import weakref
 from typing import Final, NamedTuple
 
 from .._defs import (
+    FILE_WRITE_DATA,
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
@@ -85,8 +86,8 @@ class IoResult(NamedTuple):
 class Device(DeviceSections):
     """One open handle to the SharingMemory device (the seed's `CreateFile` result).
 
-    Use `open_device()` to make one. A context manager; `close()` sends CLEANUP and CLOSE,
-    unmaps the page and closes the socket, and is idempotent.
+    Use `open_device()` to make one. A context manager; `close()` unmaps the page, releases the
+    handle (CLEANUP and CLOSE, or the hang-up) and closes the socket, and is idempotent.
     """
 
     _page: SharedPage | None = None
@@ -102,6 +103,7 @@ class Device(DeviceSections):
     ) -> None:
         self.path = path
         self.timeout = timeout
+        self._access = access
         self._lock = threading.Lock()
         self._next_id = 1
         uids = trusted_uids(None) if trusted is None else trusted
@@ -192,7 +194,7 @@ class Device(DeviceSections):
                 check_page_fd(fd.fileno())
                 # The page keeps its device alive (a program may hold only the page): the cycle is
                 # the GC's to collect, and Device.__del__ then releases both, with a warning.
-                self._page = SharedPage(fd.fileno(), tick_source=self._register_tick_event)
+                self._page = SharedPage(fd.fileno(), tick_source=self._register_tick_event, size_checked=True)
             return self._page
         finally:
             fd.close()
@@ -234,17 +236,23 @@ class Device(DeviceSections):
 
     # --- closing ------------------------------------------------------------------------------
 
-    def close(self, *, wait: bool = True) -> None:
-        """CLEANUP and CLOSE, then unmap the page and close the socket. Idempotent; if the driver
-        is already gone, or the connection was lost to an earlier error, the local resources
-        (page, tick fd, socket) are still released and nothing is raised. In a child of
-        os.fork() nothing is sent: the handle is the parent's, only this process's copies go.
+    def close(self, *, wait: bool | None = None) -> None:
+        """Unmap the page, close the sections and the socket; the driver releases the handle.
+        Idempotent; if the driver is already gone, or the connection was lost to an earlier
+        error, the local resources (page, tick fd, socket) are still released and nothing is
+        raised. In a child of os.fork() nothing is sent: the handle is the parent's, only this
+        process's copies go.
 
-        Both requests are sent before either reply is read: the driver handles them in order,
-        so the close costs one round trip, and when it returns the driver has released the
-        handle (a status query from anywhere no longer counts it). With `wait=False` the replies
-        are not awaited: the driver completes both as it reads them (or on the hang-up, as for
-        a process that died), and this call costs no round trip at all.
+        How long it waits. A handle opened with write access may produce sections, whose names
+        another process may want the moment this returns, so by default its close sends CLEANUP
+        and CLOSE together and waits for both replies (one round trip): when it returns, the
+        driver has stopped its sections and freed their names. A read-only handle's close
+        (`wait` left as None) waits for nothing: it closes the socket, and the driver runs the
+        same CLEANUP and CLOSE on the hang-up, as for a process that died. The kernel marks the
+        hang-up in close(2) itself, and the driver cleans up the connections that hung up before
+        it answers a status query or a CREATE at a handle limit (_server/connections.py), so
+        neither ever counts a handle whose close() has returned. `wait=True` waits whatever the
+        access; `wait=False` never does.
         """
         page, self._page = self._page, None
         if page is not None:
@@ -255,13 +263,17 @@ class Device(DeviceSections):
         if self._inherited:
             self._close_socket()
             return
+        if wait is None:
+            wait = bool(self._access & FILE_WRITE_DATA)
         with self._lock:
+            if not wait:
+                self._close_socket()  # the hang-up: the driver's CLEANUP and CLOSE, unanswered
+                return
             try:
                 cleanup = self._send(Request(MajorFunction.IRP_MJ_CLEANUP, 0))
                 close = self._send(Request(MajorFunction.IRP_MJ_CLOSE, 0))
-                if wait:
-                    self._receive(MajorFunction.IRP_MJ_CLEANUP, cleanup)
-                    self._receive(MajorFunction.IRP_MJ_CLOSE, close)
+                self._receive(MajorFunction.IRP_MJ_CLEANUP, cleanup)
+                self._receive(MajorFunction.IRP_MJ_CLOSE, close)
             except (NtStatusError, ValueError):
                 pass
             finally:

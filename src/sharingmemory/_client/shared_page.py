@@ -101,17 +101,20 @@ class SharedPage:
     _tick_asked: bool = False
     _seen_tick: int | None = None
 
-    def __init__(self, fd: int, *, tick_source: Callable[[], TickEvent] | None = None) -> None:
+    def __init__(
+        self, fd: int, *, tick_source: Callable[[], TickEvent] | None = None, size_checked: bool = False
+    ) -> None:
         """Map the page behind `fd` (the caller keeps and closes `fd`) and check its size and
-        header (RevisionMismatch). A page from a Device has had its seals checked too
-        (`trust.check_page_fd`); an fd passed here by hand is the caller's to vouch for.
+        header (RevisionMismatch). A page from a Device has had its seals and size checked
+        already (`trust.check_page_fd`, hence `size_checked`: one fstat(2) per open, not two);
+        an fd passed here by hand is the caller's to vouch for.
         `tick_source`, when given, is asked once for the tick fd that `wait_next` uses."""
         if type(fd) is not int:
             raise TypeError(f"fd must be an int, not {type(fd).__name__}")
         self._tick_source = tick_source
         self._source_lock = threading.Lock()
         try:
-            if os.fstat(fd).st_size != PAGE_SIZE:
+            if not size_checked and os.fstat(fd).st_size != PAGE_SIZE:
                 raise RevisionMismatch("the page fd is not one page long")
             self._map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
         except OSError as err:  # EBADF, EMFILE (mmap keeps a dup), ENOMEM

@@ -174,10 +174,7 @@ class Driver:
         if not self.config.policy.allows(cred):
             log.info("CREATE refused: uid %d gid %d (pid %d) is not allowed", cred.uid, cred.gid, cred.pid, extra=PEER)
             return Completion(NtStatus.STATUS_ACCESS_DENIED, close_connection=True)
-        if (
-            self.open_handles >= self.config.max_handles
-            or self._open_per_uid.get(cred.uid, 0) >= self.config.max_handles_per_uid
-        ):
+        if self.handle_limit_reached(cred.uid):
             log.warning(
                 "CREATE refused: handle limit reached (uid %d has %d)",
                 cred.uid,
@@ -191,6 +188,14 @@ class Driver:
             "handle %d opened by pid %d uid %d, access %s", handle.handle_id, cred.pid, cred.uid, _access_text(access)
         )
         return Completion(NtStatus.STATUS_SUCCESS)
+
+    def handle_limit_reached(self, uid: int) -> bool:
+        """Whether a CREATE by `uid` now would be refused for a handle limit (overall or its
+        own). The server asks before a CREATE, to take in the hang-ups already queued first."""
+        return (
+            self.open_handles >= self.config.max_handles
+            or self._open_per_uid.get(uid, 0) >= self.config.max_handles_per_uid
+        )
 
     def _dispatch_device_control(self, handle: Handle, request: Request) -> Completion:
         needed = required_access(request.code)

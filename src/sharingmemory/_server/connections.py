@@ -23,6 +23,8 @@ stands, and why it cannot wait:
 * log lines a peer can cause: rate-limited (`PEER_LIMIT`), since stderr may be a pipe nobody
   drains and logging's write is blocking.
 * SO_PEERCRED/SO_PEERGROUPS: read from the kernel's copy taken at connect time.
+* the look for hang-ups before a status or a CREATE at the limit (`_take_in_hangups`):
+  epoll_wait and poll with timeout 0, and a gone peer's queue, which cannot grow.
 
 This module owns everything that happens on a connection's socket, from accept to `_drop`: the
 per-uid bound on connections waiting for CREATE, the idle deadline, parking a connection while
@@ -37,12 +39,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import select
 import selectors
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._defs import NtStatus, RemoteProtocolError, Reply, decode_request, encode_reply
+from .._defs import (
+    IOCTL_QUERY_STATUS,
+    MajorFunction,
+    NtStatus,
+    RemoteProtocolError,
+    Reply,
+    Request,
+    decode_request,
+    encode_reply,
+)
 from .._driver import PEER, Completion, Credentials, Driver, Handle, HandleState
 from .._sys import Fd, unix
 from .closer import Closer
@@ -93,6 +105,8 @@ class ConnectionHandling:
     _parked: dict[int, _Connection]
     #: The loop's tick check (`DeviceServer._tick_if_due`), run after each message.
     _tick_if_due: Callable[[], None]
+    #: True while `_take_in_hangups` serves other connections (it does not nest).
+    _taking_in_hangups: bool = False
 
     def _on_accept(self, _listener: object) -> None:
         for _ in range(_ACCEPTS_PER_WAKEUP):
@@ -213,6 +227,11 @@ class ConnectionHandling:
         if message.fds or message.fds_truncated:
             self._reply(connection, Reply(request.major, request.request_id, NtStatus.STATUS_INVALID_PARAMETER))
             return
+        if _counts_other_handles(request) and (
+            request.major is not MajorFunction.IRP_MJ_CREATE
+            or self.driver.handle_limit_reached(connection.handle.credentials.uid)
+        ):
+            self._take_in_hangups(connection)
         try:
             completion = self.driver.dispatch(connection.handle, request)
         except Exception:  # a driver bug must cost one connection, never the server and its clients
@@ -231,6 +250,46 @@ class ConnectionHandling:
                 # Cannot block: a dup of the driver's own page file or the client's end of a new
                 # tick channel (SHUT_RD on our end: nothing is queued on it), never a peer's fd.
                 completion.fd.close()
+
+    def _take_in_hangups(self, asking: _Connection) -> None:
+        """Run the cleanup of every connection that has hung up, before answering `asking`.
+
+        A reader's `close()` does not wait for the driver (client/device.py): it closes its
+        socket, and the driver learns of it from the hang-up. The kernel marks the hang-up in
+        close(2) itself, before the client can send anything else, so it is visible when any
+        later request arrives, from any process; but the loop may serve the later request first
+        (a CREATE is read at accept, several connections are ready at once). The two answers
+        that depend on other handles would then count one that is gone: a CREATE at the handle
+        limit would be refused, and a status would count the closed handle.
+
+        So before those two the server takes one non-blocking look (epoll_wait with timeout 0,
+        then one poll(2) of the ready ones for POLLRDHUP) and finishes the connections whose
+        peer has gone: what they queued before going, then the hang-up (`_drop`). That is work
+        the next rounds would do anyway, and it ends: a peer that has gone cannot queue more.
+        Live connections are left to the loop: serving their requests here could bring another
+        CREATE at the limit, which does not look again (this does not nest).
+        """
+        if self._taking_in_hangups:
+            return
+        poller = select.poll()
+        for key, _mask in self._selector.select(0):
+            sock = key.fileobj
+            if key.data == self._on_readable and sock is not asking.sock and isinstance(sock, socket.socket):
+                poller.register(sock.fileno(), _HUNG_UP)
+        self._taking_in_hangups = True
+        served = 0
+        try:
+            for fileno, events in poller.poll(0):
+                connection = self._connections.get(fileno)
+                if not events & _HUNG_UP or connection is None:
+                    continue
+                served += 1
+                while self._connections.get(fileno) is connection and fileno not in self._parked:
+                    self._on_readable(connection.sock)
+        finally:
+            self._taking_in_hangups = False
+        if served:
+            log.debug("handle %d: %d hung-up connection(s) cleaned up first", asking.handle.handle_id, served)
 
     def _reply(self, connection: _Connection, reply: Reply, *, fd: Fd | None = None, close: bool = False) -> None:
         try:
@@ -298,3 +357,15 @@ class ConnectionHandling:
                 "handle %d: no CREATE within %.1f s; closing", connection.handle.handle_id, self.config.create_timeout
             )
             self._drop(connection)
+
+
+def _counts_other_handles(request: Request) -> bool:
+    """A CREATE (the handle limits) or a status query (the handle and page counts)."""
+    major = request.major
+    return major is MajorFunction.IRP_MJ_CREATE or (
+        major is MajorFunction.IRP_MJ_DEVICE_CONTROL and request.code == IOCTL_QUERY_STATUS
+    )
+
+
+#: poll(2) events of a peer that has closed its end (unix(7): the socket is shut down both ways).
+_HUNG_UP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR

@@ -42,6 +42,9 @@ SCM_MAX_FD = 253
 SO_PASSRIGHTS = 83
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _MSG_PEEK_DONTWAIT = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+#: The control buffer for every fd one message can carry, computed once: the server receives
+#: each request with it (a CMSG_SPACE call per message is a C call for a constant).
+_ALL_FDS_ANCILLARY_SIZE = socket.CMSG_SPACE(SCM_MAX_FD * _INT_SIZE)
 _QUEUED_ANCILLARY_SIZE = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(SCM_MAX_FD * _INT_SIZE)
 
 
@@ -106,7 +109,12 @@ def next_carries_fds(sock: socket.socket) -> bool:
 def receive(sock: socket.socket, *, max_fds: int = _MAX_FDS) -> Received:
     """One message and the fds that came with it (up to `max_fds`; the kernel closes the rest).
     Raises OSError as recvmsg does; an empty `data` with no fds is end of file."""
-    ancillary = _ANCILLARY_SIZE if max_fds == _MAX_FDS else socket.CMSG_SPACE(max_fds * _INT_SIZE)
+    if max_fds == _MAX_FDS:
+        ancillary = _ANCILLARY_SIZE
+    elif max_fds == SCM_MAX_FD:
+        ancillary = _ALL_FDS_ANCILLARY_SIZE
+    else:
+        ancillary = socket.CMSG_SPACE(max_fds * _INT_SIZE)
     data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE_SIZE + 1, ancillary, _MSG_CMSG_CLOEXEC)
     fds: list[Fd] = []
     for level, kind, payload in ancdata:
