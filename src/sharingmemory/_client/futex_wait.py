@@ -52,7 +52,10 @@ T = TypeVar("T")
 WAIT_SLICE: Final = 0.25
 #: Wake-ups each woken reader passes on: the chain covers n waiters in about log2(n) steps.
 _FANOUT: Final = 2
-_U32 = struct.Struct("<I")
+_U32 = struct.Struct("<I")  # `waiters`: a little-endian count, as the ABI stores it
+#: The futex word as the kernel compares it: a native u32 (on a little-endian machine, the low
+#: half of the little-endian `seq`).
+_WORD = struct.Struct("=I")
 
 
 class FutexWait:
@@ -83,7 +86,7 @@ class FutexWait:
         if mapping is None:
             return None
         try:
-            return int(_U32.unpack_from(mapping, self._word_offset)[0])
+            return int(_WORD.unpack_from(mapping, self._word_offset)[0])
         except ValueError:  # the mapping was closed under us by its owner
             return None
 
@@ -105,7 +108,7 @@ class FutexWait:
         if mapping is None:
             return
         try:
-            news = _U32.unpack_from(mapping, self._word_offset)[0] != word
+            news = _WORD.unpack_from(mapping, self._word_offset)[0] != word
             many = _U32.unpack_from(mapping, self._waiters_offset)[0] > 1
         except ValueError:
             return
