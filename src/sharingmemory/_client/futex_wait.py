@@ -37,6 +37,7 @@ import contextlib
 import errno
 import mmap
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import Final, TypeVar
@@ -76,8 +77,8 @@ class FutexWait:
         self._hung_up = hung_up
         self._what = what
         self._async: AsyncWake | None = None
-        #: For the waker's tests and the benchmarks: wake-ups passed on by this process.
-        self.passed_on = 0
+        self._lock = threading.Lock()
+        self._sleepers = 0  # this process's threads inside `sleep` now
 
     def current_word(self) -> int | None:
         """The futex word as it is now, read before looking for news (a wake between moves it);
@@ -93,27 +94,32 @@ class FutexWait:
     def sleep(self, word: int, seconds: float) -> None:
         """One bounded FUTEX_WAIT while the word holds `word`; when a wake-up ended it and the
         word has moved, pass the wake-up on to `_FANOUT` more before anything else (the chain's
-        speed is each link's first instructions). Not when `waiters` counts one reader at most:
-        every reader the wake found asleep had registered before it slept, so the count already
-        included it (one system call fewer on the lone waiter's path)."""
+        speed is each link's first instructions). Not when nobody else can be asleep: `waiters`
+        counts one handle at most (every handle the wake found asleep had registered before it
+        slept, so the count already included it) and no other thread of this process sleeps
+        here (the driver counts handles, and one handle may have many waiting threads). That
+        saves a system call on the lone waiter's path."""
+        with self._lock:
+            self._sleepers += 1
         try:
             woken = libc.futex_wait(self._word, word, int(seconds * 1e9)) == libc.FUTEX_WOKEN
         except OSError as err:  # EFAULT: unmapped by a close meanwhile; the caller sees it closed
             if err.errno != errno.EFAULT:
                 raise
-            return
-        if not woken:
-            return
+            woken = False
+        finally:
+            with self._lock:
+                self._sleepers -= 1
+                others = self._sleepers
         mapping = self._map
-        if mapping is None:
+        if not woken or mapping is None:
             return
         try:
             news = _WORD.unpack_from(mapping, self._word_offset)[0] != word
-            many = _U32.unpack_from(mapping, self._waiters_offset)[0] > 1
+            many = others > 0 or _U32.unpack_from(mapping, self._waiters_offset)[0] > 1
         except ValueError:
             return
         if news and many:
-            self.passed_on += 1
             libc.futex_wake(self._word, _FANOUT)
 
     def _word_or_closed(self, slept: bool) -> int:

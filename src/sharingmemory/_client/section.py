@@ -29,6 +29,7 @@ import operator
 import os
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, NamedTuple, Protocol
@@ -198,6 +199,7 @@ class Section:
             fd.close()
             raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "unreadable section reply from the driver") from None
         self._port = port
+        self._wait_lock = threading.Lock()  # a first wait's registration; never held across a sleep
         self.name = name
         self.instance_id: bytes = instance_id
         self.producer_pid: int = pid
@@ -304,18 +306,19 @@ class Section:
         return None
 
     def _register(self) -> FutexWait:
-        if not self._waiting_registered:
-            self._port.ioctl(IOCTL_WAIT_SECTION, self.instance_id)
-            self._waiting_registered = True
-        waiter = self._waiter
-        if waiter is None:
-            mapping = self._map
+        """The section's one waiter, registered with the driver on the first wait. Under a lock:
+        two threads' first waits must share one waiter, which counts this process's sleepers."""
+        with self._wait_lock:
+            if not self._waiting_registered:
+                self._port.ioctl(IOCTL_WAIT_SECTION, self.instance_id)
+                self._waiting_registered = True
+            waiter, mapping = self._waiter, self._map
             if mapping is None:
                 raise ValueError(f"section {self.name} is closed")
-            waiter = self._waiter = FutexWait(
-                mapping, SEQ_OFFSET, WAITERS_OFFSET, self._port.hung_up, f"section {self.name}"
-            )
-        return waiter
+            if waiter is None:
+                what = f"section {self.name}"
+                waiter = self._waiter = FutexWait(mapping, SEQ_OFFSET, WAITERS_OFFSET, self._port.hung_up, what)
+            return waiter
 
     def wait_next(self, timeout: float | None = None, *, after: Snapshot | None = None) -> Snapshot:
         """Block until a publish newer than the last one this method returned (on the first

@@ -302,19 +302,28 @@ class SharedPage:
     def _ensure_futex(self) -> FutexWait | None:
         """The futex wait, registered once (success or not) on the first wait: only on a page of
         ABI 1.1 or later (a 1.0 driver has no `waiters` and no wake-up), and only if the driver
-        accepts the registration; None otherwise, and the tick fd serves."""
-        if self._futex is None and self._port is not None and not self._futex_asked:
+        accepts the registration; None otherwise, and the tick fd serves. `_futex_asked` is set
+        only once the attempt is over, so a second thread's first wait, arriving meanwhile,
+        waits for its outcome on the lock instead of taking the channel."""
+        if self._futex is None and not self._futex_asked and self._port is not None:
             with self._source_lock:
-                port, asked, self._futex_asked = self._port, self._futex_asked, True
-                mapping = self._map
-                offset = None if asked or mapping is None else waiters_offset(mapping)
-                if port is not None and mapping is not None and offset is not None:
+                if not self._futex_asked:
                     try:
-                        port.ioctl(IOCTL_WAIT_SECTION, self.read().instance_id)
-                    except (NtStatusError, ValueError, OSError):  # refused, or the device is gone
-                        return None
-                    self._futex = FutexWait(mapping, SEQ_OFFSET, offset, port.hung_up, "SharedPage")
+                        self._futex = self._register_futex()
+                    finally:
+                        self._futex_asked = True
         return self._futex
+
+    def _register_futex(self) -> FutexWait | None:
+        port, mapping = self._port, self._map
+        offset = None if mapping is None else waiters_offset(mapping)
+        if port is None or mapping is None or offset is None:
+            return None
+        try:
+            port.ioctl(IOCTL_WAIT_SECTION, self.read().instance_id)
+        except (NtStatusError, ValueError, OSError):  # refused, or the device is gone
+            return None
+        return FutexWait(mapping, SEQ_OFFSET, offset, port.hung_up, "SharedPage")
 
     def _ensure_tick_event(self) -> TickEvent | None:
         if self._tick_event is None and self._tick_source is not None and not self._tick_asked:
