@@ -254,3 +254,28 @@ def test_the_futex_is_used_only_where_the_page_offers_it(
             assert (page._tick_event is not None) is not futex
     finally:
         memfd.close()
+
+
+@pytest.mark.parametrize("count", [1, 0x7FFFFFFF])
+def test_a_peer_that_wakes_the_futex_for_nothing_changes_no_wait(driver: DriverProcess, count: int) -> None:
+    """Anyone who maps the page can FUTEX_WAKE its word (a wake needs only read access): the
+    wake-ups bring no news, so a wait goes back to sleep (and passes nothing on) and returns
+    only at the next real tick, never early and never with an error."""
+    with driver.open() as device, driver.open() as other:
+        page = device.map_shared_memory()
+        spammer = other.map_shared_memory()
+        first = page.wait_next(timeout=5)
+        stop = threading.Event()
+
+        def spam() -> None:
+            while not stop.is_set():
+                libc.futex_wake(spammer.address + 16, count)
+
+        thread = threading.Thread(target=spam)
+        thread.start()
+        try:
+            ticks = [page.wait_next(timeout=5).tick_count for _ in range(2)]
+        finally:
+            stop.set()
+            thread.join(10)
+        assert ticks == [first.tick_count + 1, first.tick_count + 2]  # a 1 s driver: no tick is skipped

@@ -4,7 +4,8 @@ Theory of operation (docs/section-abi.md). A reader's section is a PROT_READ map
 the driver sealed; reading it is a latch read of that memory, with no system call. A producer's
 is the writable mapping it made before the driver sealed the memfd (F_SEAL_FUTURE_WRITE keeps
 that one writable); publishing writes the latch copies and then, only when the driver's
-`waiters` word says that some reader waits, makes one FUTEX_WAKE for all of them.
+`waiters` word says that some reader waits, makes one FUTEX_WAKE of one waiter (the readers
+pass it on to the others).
 
 Ownership: a `Section` belongs to the `Device` it came from and is unmapped when that device
 closes (for a producer, closing the device is also what stops the section). A reader's mapping
@@ -274,7 +275,7 @@ class Section:
     #: `publish(**values)`: one consistent update of the fields named; the others keep their
     #: values. A value of the wrong type, out of range or too long (or an unknown name) raises
     #: ValueError and changes nothing. No system call unless a reader waits; then one FUTEX_WAKE
-    #: for all of them. Returns the update count. A reader's section, or a closed one, raises
+    #: of one waiter, whatever their number. Returns the update count. A reader's section, or a closed one, raises
     #: ValueError. (Generated per schema by SectionWriter.publisher: a call binds keywords with
     #: no dict.)
     publish: Callable[..., int]
