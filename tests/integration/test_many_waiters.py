@@ -28,7 +28,8 @@ from tests.support import DriverProcess, wait_for
 pytestmark = pytest.mark.skipif(not libc.FUTEX_AVAILABLE, reason="futex syscall number unknown on this machine")
 
 # argv: socket, what ("time" or a section name), threads, slice ("long" or "normal"), mode
-# ("honest", "hostile": registers, then sleeps on the word once and never passes a wake-up on).
+# ("honest"; "hostile": registers, then sleeps on the word once and never passes a wake-up on;
+# "hostile-loop": the same, for ever, going back to sleep on the current word at each wake-up).
 _READER = """
 import os, sys, threading
 import sharingmemory
@@ -54,6 +55,8 @@ with sharingmemory.open_device(path) as device:
         libc.futex_wait(waiter._word, word, 120 * 10**9)
         print("hostile", flush=True)
         os._exit(0)
+    while mode == "hostile-loop":
+        libc.futex_wait(waiter._word, waiter.current_word(), 120 * 10**9)
     results = []
     def work():
         results.append(count(waitable.wait_next()))
@@ -108,7 +111,7 @@ def _go_and_sleep(processes: list[subprocess.Popen[str]], shape: list[tuple[int,
         assert process.stdin is not None
         process.stdin.write("go\n")
         process.stdin.flush()
-        expected = 1 if mode == "hostile" else threads
+        expected = 1 if mode.startswith("hostile") else threads
         assert wait_for(lambda p=process, n=expected: _futex_sleepers(p.pid) >= n, timeout=60), "never slept"
 
 
@@ -192,10 +195,10 @@ def test_a_page_waiter_that_keeps_the_wake_up_delays_the_others_only_by_their_sl
 
 
 def test_a_stopped_waiter_does_not_delay_the_ticks(fast_driver: DriverProcess) -> None:
-    """A waiter SIGSTOPped in FUTEX_WAIT, first in the queue: the driver's wake never waits for
-    it (FUTEX_WAKE only dequeues it and marks it runnable), so the ticks go on and this
-    process's own waits, behind it in the queue, get them."""
-    shape = [(1, "normal", "hostile")]
+    """A waiter SIGSTOPped (in FUTEX_WAIT, or between two: it sleeps again at every wake-up and
+    never passes one on): the driver's wake never waits for anyone (FUTEX_WAKE dequeues a waiter
+    and marks it runnable), so the ticks go on and this process's own waits get them."""
+    shape = [(1, "normal", "hostile-loop")]
     with fast_driver.open() as device:
         page = device.map_shared_memory()
         page.wait_next(timeout=10)  # registered: the count is above 1, so wake-ups are passed on
