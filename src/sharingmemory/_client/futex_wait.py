@@ -26,9 +26,10 @@ no state=stopped) is noticed within one slice.
 
 `close()` from another thread wakes this mapping's waiters (FUTEX_WAKE needs only read access to
 the word): they find the waiter closed and raise ValueError. The wake reaches other processes'
-readers of the same memfd too; for them it is a spurious wake-up with no news, which costs one
-look at the page and ends no chain. asyncio tasks share one watcher thread per waiter
-(`section_async.AsyncWake`), so any number of tasks costs one thread.
+readers of the same memfd too (for them a spurious wake-up with no news: one look at the page,
+no pass-on), so it is made only when a thread of this process is asleep on the word. asyncio
+tasks share one watcher thread per waiter (`section_async.AsyncWake`), so any number of tasks
+costs one thread.
 """
 
 from __future__ import annotations
@@ -166,11 +167,17 @@ class FutexWait:
             await self._async.after(word)
 
     def close(self) -> None:
-        """Forget the mapping (before its owner unmaps it) and wake every waiter on the word,
-        so that waits in other threads end with ValueError now, not at the end of their slice.
-        Idempotent."""
+        """Forget the mapping (before its owner unmaps it) and, when a thread of this process
+        sleeps on the word, wake every waiter, so that waits in other threads end with
+        ValueError now, not at the end of their slice. The wake reaches the other processes'
+        readers too (a spurious wake-up for them: no news, no pass-on), so a close with nobody
+        of ours asleep, the common case, makes none: readers closing one after another must not
+        wake each other. Idempotent."""
         if self._map is None:
             return
         self._map = None
-        with contextlib.suppress(OSError):  # ENOSYS: they see the close at the end of their slice
-            libc.futex_wake(self._word)
+        with self._lock:
+            sleeping = self._sleepers
+        if sleeping:
+            with contextlib.suppress(OSError):  # ENOSYS: they see the close at the end of their slice
+                libc.futex_wake(self._word)
