@@ -39,8 +39,10 @@
 #define SHARINGMEMORY_PAGE_SIZE 4096u
 #define SHARINGMEMORY_MAGIC "SHMT" /* the four bytes at offset 0, no terminating zero */
 #define SHARINGMEMORY_ABI_MAJOR 1u /* a reader refuses any other major */
-#define SHARINGMEMORY_ABI_MINOR 0u /* minors only ever add fields after header_size */
-#define SHARINGMEMORY_HEADER_SIZE 104u /* bytes of defined fields in ABI 1.0 */
+#define SHARINGMEMORY_ABI_MINOR 1u /* minors only ever add fields after header_size */
+#define SHARINGMEMORY_HEADER_SIZE 112u /* bytes of defined fields in ABI 1.1 (waiters at 104) */
+#define SHARINGMEMORY_HEADER_SIZE_1_0 104u /* the smallest header a reader accepts: a 1.0 page's */
+#define SHARINGMEMORY_WAITERS 104u /* u32, ABI 1.1: handles registered to be woken at each tick */
 
 #define SHARINGMEMORY_STATE_INITIALIZING 0u
 #define SHARINGMEMORY_STATE_RUNNING 1u
@@ -90,9 +92,9 @@ _Static_assert(sizeof(long) != 8 || ATOMIC_LONG_LOCK_FREE == 2,
 struct sharingmemory_page {
     uint8_t magic[4];                  /*  0  ASCII "SHMT" */
     uint16_t abi_major;                /*  4  1 */
-    uint16_t abi_minor;                /*  6  0 */
+    uint16_t abi_minor;                /*  6  1 (a 1.0 page says 0 and ends at 104) */
     uint32_t page_size;                /*  8  4096 */
-    uint32_t header_size;              /* 12  104 in ABI 1.0 */
+    uint32_t header_size;              /* 12  112 in ABI 1.1, 104 in 1.0 */
     _Atomic uint64_t seq;              /* 16  seqlock: odd while the writer is inside */
     _Atomic int64_t local_time;        /* 24  FILETIME of local time (the seed's value) */
     _Atomic int64_t system_time;       /* 32  FILETIME of UTC */
@@ -104,7 +106,10 @@ struct sharingmemory_page {
     _Atomic uint32_t state;            /* 80  SHARINGMEMORY_STATE_* */
     _Atomic uint32_t writer_pid;       /* 84  pid of the driver process */
     _Atomic uint8_t instance_id[16];   /* 88  random per driver start */
-    /* 104: end of the ABI 1.0 header; the rest of the page is zero. */
+    /* 104: end of the ABI 1.0 header. Fields after it exist only when header_size covers them. */
+    _Atomic uint32_t waiters;          /* 104 ABI 1.1: handles registered to be woken (driver-written) */
+    uint8_t reserved0[4];              /* 108 zero */
+    /* 112: end of the ABI 1.1 header; the rest of the page is zero. */
 };
 
 /*
@@ -127,7 +132,8 @@ _Static_assert(offsetof(struct sharingmemory_page, interval_ns) == 72, "ABI: int
 _Static_assert(offsetof(struct sharingmemory_page, state) == 80, "ABI: state at 80");
 _Static_assert(offsetof(struct sharingmemory_page, writer_pid) == 84, "ABI: writer_pid at 84");
 _Static_assert(offsetof(struct sharingmemory_page, instance_id) == 88, "ABI: instance_id at 88");
-_Static_assert(sizeof(struct sharingmemory_page) == SHARINGMEMORY_HEADER_SIZE, "ABI: header is 104 bytes");
+_Static_assert(offsetof(struct sharingmemory_page, waiters) == SHARINGMEMORY_WAITERS, "ABI: waiters at 104");
+_Static_assert(sizeof(struct sharingmemory_page) == SHARINGMEMORY_HEADER_SIZE, "ABI: header is 112 bytes");
 _Static_assert(_Alignof(struct sharingmemory_page) <= SHARINGMEMORY_PAGE_SIZE, "ABI: a page aligns the header");
 
 /* --- a reader's copy ------------------------------------------------------------------------ */
@@ -183,10 +189,20 @@ static inline int sharingmemory_page_check(const struct sharingmemory_page *page
             return SHARINGMEMORY_ERR_MAGIC;
     if (page->abi_major != SHARINGMEMORY_ABI_MAJOR)
         return SHARINGMEMORY_ERR_MAJOR;
-    if (page->page_size != SHARINGMEMORY_PAGE_SIZE || page->header_size < SHARINGMEMORY_HEADER_SIZE ||
+    if (page->page_size != SHARINGMEMORY_PAGE_SIZE || page->header_size < SHARINGMEMORY_HEADER_SIZE_1_0 ||
         page->header_size > SHARINGMEMORY_PAGE_SIZE)
         return SHARINGMEMORY_ERR_SIZE;
     return SHARINGMEMORY_OK;
+}
+
+/*
+ * Whether the page offers the futex wait of ABI 1.1 (docs/page-abi.md, "Waiting for a tick"):
+ * a `waiters` field the driver keeps, and one FUTEX_WAKE on `seq`'s low half after each tick.
+ * A 1.0 page (minor 0, header_size 104) does not: wait on the tick channel, or by the deadline.
+ */
+static inline int sharingmemory_page_has_waiters(const struct sharingmemory_page *page)
+{
+    return page->abi_minor >= 1 && page->header_size >= SHARINGMEMORY_WAITERS + 4;
 }
 
 /*

@@ -44,7 +44,7 @@
 #define SHARINGMEMORY_SECTION_TOTAL_SIZE 8u
 #define SHARINGMEMORY_SECTION_HEADER_SIZE_AT 12u
 #define SHARINGMEMORY_SECTION_STATE 16u /* written by the driver only */
-#define SHARINGMEMORY_SECTION_WAITERS 20u /* also the relay futex word: a woken waiter FUTEX_WAKEs 2 here */
+#define SHARINGMEMORY_SECTION_WAITERS 20u /* registered waiters; > 1: a reader woken with news FUTEX_WAKEs 2 on seq */
 #define SHARINGMEMORY_SECTION_FANOUT 2u  /* wake-ups each woken waiter passes on (section-abi.md) */
 #define SHARINGMEMORY_SECTION_PRODUCER_PID 24u
 #define SHARINGMEMORY_SECTION_PRODUCER_UID 28u

@@ -117,6 +117,7 @@ def test_close_from_another_thread_wakes_the_waiters_with_value_error(
     """With a 1 s driver the waiters are inside poll(2) when close() comes."""
     device = driver.open_device(map=True)
     page = device.map_shared_memory()
+    page._futex_asked = True  # the tick channel, as a 1.0 driver's page gets (test_page_futex_wait: the futex's)
     page.wait_next(timeout=5)  # the tick fd exists: every waiter below polls it
     waiting = threading.Barrier(4)
 

@@ -18,7 +18,7 @@ TASKS = 20  # over three times the default executor of this machine
 
 
 def _watchers() -> int:
-    return sum(thread.name == "sharingmemory-section-wait" for thread in threading.enumerate())
+    return sum(thread.name == "sharingmemory-futex-wait" for thread in threading.enumerate())
 
 
 def test_many_tasks_share_one_watcher_and_all_see_the_publish(driver: DriverProcess) -> None:

@@ -1,12 +1,13 @@
 """The wake-up fans out among the waiters (docs/section-abi.md, "Waiting"): a publish wakes one
-reader and requeues the others onto the relay word; each woken reader wakes two more. Real
-producer and reader processes; readers are known to sleep in the kernel (/proc/PID/task/*/syscall)
-before the publish, so the wake-up, not a re-read, is what each one sees.
+reader; each reader woken with news wakes two more on the same word. Real producer and reader
+processes; readers are known to sleep in the kernel (/proc/PID/task/*/syscall) before the
+publish, so the wake-up, not a re-read, is what each one sees.
 
 The chain test gives the readers one-hour slices: only the chain can wake them before the
-test's generous deadline, so a broken link fails it. The hostile tests put a process that never
-passes the wake on at the head of a queue (the `seq` queue, the relay queue): the others, with
-the normal bounded slices, still see the publish."""
+test's generous deadline, so a broken link (a build without the pass-on) fails it. The hostile
+tests put processes that never pass the wake on at the head of the queue (one, or two in a row:
+the whole first fan-out of an honest reader could land on thieves): the others, with the normal
+bounded slices, still see the publish."""
 
 from __future__ import annotations
 
@@ -23,17 +24,17 @@ from tests.support import DriverProcess, wait_for
 pytestmark = pytest.mark.skipif(not libc.FUTEX_AVAILABLE, reason="futex syscall number unknown on this machine")
 _SYS_FUTEX = libc._SYS_FUTEX  # what /proc/PID/task/TID/syscall shows first while a thread waits
 
-# argv: socket, mode ("honest", "honest-long", "honest-async-long", "hostile-seq", "hostile-relay").
+# argv: socket, mode ("honest", "honest-long", "honest-async-long", "hostile").
 _READER = """
 import asyncio
 import sys
 import sharingmemory
-from sharingmemory._client import section as module
-from sharingmemory._defs.section import SEQ_OFFSET, WAITERS_OFFSET
+from sharingmemory._defs.section import SEQ_OFFSET
 from sharingmemory._sys import libc
 path, mode = sys.argv[1], sys.argv[2]
 if mode.endswith("-long"):
-    module._WAIT_SLICE = 3600.0  # only a wake-up can end the sleep within the test
+    from sharingmemory._client import futex_wait
+    futex_wait.WAIT_SLICE = 3600.0  # only a wake-up can end the sleep within the test
 with sharingmemory.open_device(path) as device:
     cpu = device.open_section("fan")
     if mode == "honest-async-long":
@@ -44,9 +45,8 @@ with sharingmemory.open_device(path) as device:
         print(snap.updates, snap.x, flush=True)
     else:  # never passes a wake-up on: sleeps on the word, once, and leaves
         cpu._register()
-        offset = SEQ_OFFSET if mode == "hostile-seq" else WAITERS_OFFSET
-        word = int.from_bytes(cpu._map[offset : offset + 4], "little")
-        libc.futex_wait(cpu._address + offset, word, 120 * 10**9)
+        word = int.from_bytes(cpu._map[SEQ_OFFSET : SEQ_OFFSET + 4], "little")
+        libc.futex_wait(cpu._address + SEQ_OFFSET, word, 120 * 10**9)
         print("hostile woke", flush=True)
 """
 
@@ -105,16 +105,16 @@ def test_one_publish_wakes_every_waiter_through_the_chain(driver: DriverProcess,
             _reap(readers)
 
 
-@pytest.mark.parametrize("mode", ["hostile-seq", "hostile-relay"])
+@pytest.mark.parametrize("thieves", [1, 2])
 def test_a_waiter_that_keeps_the_wake_up_delays_the_others_only_by_their_slice(
-    driver: DriverProcess, mode: str
+    driver: DriverProcess, thieves: int
 ) -> None:
     with sharingmemory.open_device(driver.socket_path, "rw") as device:
         cpu = device.create_section("fan", [sharingmemory.Field("x", "f64")])
-        hostile = _start_asleep(driver, mode, 1)  # first in its queue: the first wake-up it can steal
+        hostile = [_start_asleep(driver, "hostile", 1)[0] for _ in range(thieves)]  # first in the queue
         honest = _start_asleep(driver, "honest", 8)
         try:
-            for value in (1.0, 2.0):  # the first publish feeds the thief; the second finds none on seq
+            for value in (1.0, 2.0):  # the first publish feeds a thief; the second may feed the next
                 cpu.publish(x=value)
             # Each honest reader returns the first publish it saw: the first, or both at once.
             for line in _results(honest):
@@ -124,15 +124,15 @@ def test_a_waiter_that_keeps_the_wake_up_delays_the_others_only_by_their_slice(
             _reap(hostile + honest)
 
 
-def test_the_stop_wakes_waiters_left_on_the_relay(driver: DriverProcess) -> None:
-    """A thief at the head of `seq` takes the publish's one wake-up, so the readers (one-hour
-    slices) stay requeued on the relay; the producer's close must still wake them: the driver
-    wakes `seq` and the relay."""
+def test_the_stop_wakes_waiters_a_thief_left_asleep(driver: DriverProcess) -> None:
+    """A thief at the head of the queue takes the publish's one wake-up, so the readers
+    (one-hour slices) stay asleep; the producer's close must still wake them: the driver's stop
+    wakes every waiter, not one."""
     device = sharingmemory.open_device(driver.socket_path, "rw")
     readers: list[subprocess.Popen[str]] = []
     try:
         cpu = device.create_section("fan", [sharingmemory.Field("x", "f64")])
-        readers += _start_asleep(driver, "hostile-seq", 1)
+        readers += _start_asleep(driver, "hostile", 1)
         readers += _start_asleep(driver, "honest-long", 4)
         cpu.publish(x=3.0)
         assert readers[0].stdout is not None

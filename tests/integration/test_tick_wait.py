@@ -18,6 +18,7 @@ from tests.support import DriverProcess, start_driver, wait_for
 def test_wait_next_returns_each_new_tick(fast_driver: DriverProcess, no_fd_leak: None) -> None:
     with fast_driver.open() as device:
         page = device.map_shared_memory()
+        page._futex_asked = True  # the tick channel, as a 1.0 driver's page gets
         ticks = [page.wait_next(timeout=5).tick_count for _ in range(5)]
         assert all(later > earlier for earlier, later in itertools.pairwise(ticks))
         status = device.query_status()
@@ -29,6 +30,7 @@ def test_wait_next_uses_a_tick_channel_from_the_driver(fast_driver: DriverProces
     before = sum(1 for fd in os.listdir("/proc/self/fd") if _link(fd).startswith("socket:"))
     with fast_driver.open() as device:
         page = device.map_shared_memory()
+        page._futex_asked = True  # the tick channel, as a 1.0 driver's page gets
         page.wait_next(timeout=5)
         sockets = sum(1 for fd in os.listdir("/proc/self/fd") if _link(fd).startswith("socket:"))
         assert sockets == before + 2, "the client holds the device socket and its tick channel's end"
@@ -83,7 +85,9 @@ def test_a_waiting_handle_that_dies_leaves_no_tick_channel_in_the_driver(fast_dr
 
     idle = driver_sockets()
     with fast_driver.open() as device:
-        device.map_shared_memory().wait_next(timeout=5)
+        page = device.map_shared_memory()
+        page._futex_asked = True  # the tick channel, as a 1.0 driver's page gets
+        page.wait_next(timeout=5)
         assert driver_sockets() == idle + 2  # the connection and the tick channel's end
     assert wait_for(lambda: driver_sockets() == idle)
 

@@ -63,7 +63,7 @@ def test_layout_matches_the_abi_table() -> None:
     buffer, writer = new_page()
     writer.update(realtime_ns=1_700_000_000_123_456_789, monotonic_ns=55, time_zone_bias=-288000000000)
     assert buffer[0:4] == b"SHMT"
-    assert struct.unpack_from("<HHII", buffer, 4) == (1, 0, 4096, 104)
+    assert struct.unpack_from("<HHII", buffer, 4) == (1, 1, 4096, 112)  # ABI 1.1: waiters at 104
     seq, local, system, bias, realtime, mono, ticks, interval, state, pid = struct.unpack_from(
         "<QqqqqqQQII", buffer, 16
     )

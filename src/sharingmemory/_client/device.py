@@ -194,7 +194,9 @@ class Device(DeviceSections):
                 check_page_fd(fd.fileno())
                 # The page keeps its device alive (a program may hold only the page): the cycle is
                 # the GC's to collect, and Device.__del__ then releases both, with a warning.
-                self._page = SharedPage(fd.fileno(), tick_source=self._register_tick_event, size_checked=True)
+                self._page = SharedPage(
+                    fd.fileno(), tick_source=self._register_tick_event, port=self._section_port, size_checked=True
+                )
             return self._page
         finally:
             fd.close()

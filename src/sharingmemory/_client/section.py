@@ -4,21 +4,18 @@ Theory of operation (docs/section-abi.md). A reader's section is a PROT_READ map
 the driver sealed; reading it is a latch read of that memory, with no system call. A producer's
 is the writable mapping it made before the driver sealed the memfd (F_SEAL_FUTURE_WRITE keeps
 that one writable); publishing writes the latch copies and then, only when the driver's
-`waiters` word says that some reader waits, makes one FUTEX_WAKE for all of them.
+`waiters` word says that some reader waits, makes one FUTEX_WAKE of one waiter (the readers
+pass it on to the others).
 
 Ownership: a `Section` belongs to the `Device` it came from and is unmapped when that device
 closes (for a producer, closing the device is also what stops the section). A reader's mapping
 outlives the producer: the section then reads state stopped and keeps the last complete value.
 
 Waiting: `wait_next` sleeps in FUTEX_WAIT on the low half of `seq`, after registering once with
-the driver (IOCTL_WAIT_SECTION) so that producers know to wake it. The wake-up fans out among
-the waiters (docs/section-abi.md, "Waiting"): the producer wakes one and requeues the others,
-still asleep, onto the relay word (`waiters`'s address); every reader a wake-up ended wakes
-`_FANOUT` more on the relay before anything else. The producer pays one wake-up however many
-wait, and the kernel's wake-ups run on the readers' time, in parallel. A reader that does not
-pass the wake on delays the others by at most one slice. A futex cannot also watch the device
-socket, so each sleep is bounded (`_WAIT_SLICE`) and the socket is checked for a hang-up after
-a sleep that brought nothing: a driver that dies is noticed within that bound.
+the driver (IOCTL_WAIT_SECTION) so that producers know to wake it. A publish wakes one waiter,
+and the wake-up travels down the queue on the readers' time: the waiter `futex_wait`, shared
+with the `time` page, tells the rule, its bounds and why the kernel's queue order makes it reach
+every reader (docs/section-abi.md, "Waiting for a publish").
 
 This module knows the device only through `_Port`, the three calls it needs.
 """
@@ -31,9 +28,9 @@ import functools
 import mmap
 import operator
 import os
-import select
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, NamedTuple, Protocol
@@ -43,7 +40,6 @@ from .._defs import (
     IOCTL_SEAL_SECTION,
     IOCTL_WAIT_SECTION,
     SECTION_REPLY,
-    DeviceNotConnected,
     Field,
     IoTimeout,
     NtStatus,
@@ -59,16 +55,10 @@ from .._defs import (
 )
 from .._defs.section import SEQ_OFFSET, WAITERS_OFFSET
 from .._sys import Fd, libc
-from .section_async import AsyncWake
+from .futex_wait import FutexWait
 
 _PAGE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | 0x0010 | fcntl.F_SEAL_SEAL  # 0x10: FUTURE_WRITE
 _U32 = struct.Struct("<I")
-#: The longest single FUTEX_WAIT: how soon a waiter notices a driver that died without a word.
-_WAIT_SLICE: Final = 0.25
-#: Wake-ups each woken reader passes on: the chain covers n waiters in about log2(n) steps, and
-#: a reader that keeps its wake-up to itself costs the chain one link (each honest link adds one).
-_FANOUT: Final = 2
-_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
 
 class _Word(Protocol):
@@ -199,7 +189,7 @@ class Section:
     _waiting_registered = False
     _seen: int | None = None
     _futex_word: memoryview | None = None
-    _async_wake: AsyncWake | None = None
+    _waiter: FutexWait | None = None
 
     def __init__(self, port: _Port, name: str, reply: bytes, fd: Fd | None, *, producer: bool) -> None:
         if fd is None:
@@ -210,6 +200,7 @@ class Section:
             fd.close()
             raise exception_for(NtStatus.STATUS_UNSUCCESSFUL, "unreadable section reply from the driver") from None
         self._port = port
+        self._wait_lock = threading.Lock()  # a first wait's registration; never held across a sleep
         self.name = name
         self.instance_id: bytes = instance_id
         self.producer_pid: int = pid
@@ -284,7 +275,7 @@ class Section:
     #: `publish(**values)`: one consistent update of the fields named; the others keep their
     #: values. A value of the wrong type, out of range or too long (or an unknown name) raises
     #: ValueError and changes nothing. No system call unless a reader waits; then one FUTEX_WAKE
-    #: for all of them. Returns the update count. A reader's section, or a closed one, raises
+    #: of one waiter, whatever their number. Returns the update count. A reader's section, or a closed one, raises
     #: ValueError. (Generated per schema by SectionWriter.publisher: a call binds keywords with
     #: no dict.)
     publish: Callable[..., int]
@@ -293,16 +284,9 @@ class Section:
         raise ValueError(f"section {self.name} is not open for publishing")
 
     def _wake(self) -> None:
-        """Wake one waiter and requeue the rest onto the relay word: the woken pass it on. The
-        futex word compared is the one the writer just stored (the kernel refuses with EAGAIN
-        if the driver's stop moved it since: then everyone is woken the old way)."""
-        address, word = self._address, self._futex_word
-        assert word is not None  # a producer's, set with its writer
-        try:
-            libc.futex_cmp_requeue(address + SEQ_OFFSET, word[0], address + WAITERS_OFFSET)
-        except OSError:
-            libc.futex_wake(address + SEQ_OFFSET)
-            libc.futex_wake(address + WAITERS_OFFSET)
+        """Wake one waiter: the woken pass the wake-up on (`futex_wait`), so a publish costs one
+        system call however many wait."""
+        libc.futex_wake(self._address + SEQ_OFFSET, 1)
 
     # --- waiting ------------------------------------------------------------------------------
 
@@ -322,27 +306,20 @@ class Section:
             return snap
         return None
 
-    def _register(self) -> None:
-        if not self._waiting_registered:
-            self._port.ioctl(IOCTL_WAIT_SECTION, self.instance_id)
-            self._waiting_registered = True
-
-    def _sleep(self, word: int, seconds: float) -> None:
-        """One bounded FUTEX_WAIT on `seq`'s low half; if a wake-up ended it (from `seq` or,
-        requeued, from the relay), pass it on to `_FANOUT` more before anything else: the
-        chain's speed is each link's first instructions. Not when `waiters` counts this reader
-        alone: every reader the publish found asleep had registered before it slept, so the
-        count already included it (one system call fewer on the lone waiter's path)."""
-        address = self._address
-        if libc.futex_wait(address + SEQ_OFFSET, word, int(seconds * 1e9)) == libc.FUTEX_WOKEN:
-            mapping = self._map
-            if mapping is not None and _U32.unpack_from(mapping, WAITERS_OFFSET)[0] > 1:
-                libc.futex_wake(address + WAITERS_OFFSET, _FANOUT)
-
-    def _check_driver(self) -> None:
-        """After a sleep that brought no news: a driver SIGKILLed writes no state=stopped."""
-        if self._port.hung_up():
-            raise DeviceNotConnected(f"the driver died while waiting on section {self.name}")
+    def _register(self) -> FutexWait:
+        """The section's one waiter, registered with the driver on the first wait. Under a lock:
+        two threads' first waits must share one waiter, which counts this process's sleepers."""
+        with self._wait_lock:
+            if not self._waiting_registered:
+                self._port.ioctl(IOCTL_WAIT_SECTION, self.instance_id)
+                self._waiting_registered = True
+            waiter, mapping = self._waiter, self._map
+            if mapping is None:
+                raise ValueError(f"section {self.name} is closed")
+            if waiter is None:
+                what = f"section {self.name}"
+                waiter = self._waiter = FutexWait(mapping, SEQ_OFFSET, WAITERS_OFFSET, self._port.hung_up, what)
+            return waiter
 
     def wait_next(self, timeout: float | None = None, *, after: Snapshot | None = None) -> Snapshot:
         """Block until a publish newer than the last one this method returned (on the first
@@ -350,58 +327,22 @@ class Section:
         the stop; return its snapshot.
 
         A stopped section returns at once (check `.state`). Raises IoTimeout (a TimeoutError)
-        after `timeout` seconds, DeviceNotConnected if the driver dies meanwhile."""
+        after `timeout` seconds, DeviceNotConnected if the driver dies meanwhile, ValueError when
+        the section is closed before or during the wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._register()
+        waiter = self._register()
         baseline = self._baseline() if after is None else after.updates
-        slept = False
-        while True:
-            mapping = self._map
-            if mapping is None:
-                raise ValueError(f"section {self.name} is closed")
-            word = _U32.unpack_from(mapping, SEQ_OFFSET)[0]  # before the read: a publish between moves it
-            snap = self._news(baseline)
-            if snap is not None:
-                return snap
-            if slept:
-                self._check_driver()
-            slept = True
-            remaining = _WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())
-            if remaining <= 0:
-                raise IoTimeout(f"no publish to section {self.name} within {timeout} s")
-            self._sleep(word, remaining)
+        snap = waiter.wait(lambda: self._news(baseline), deadline)
+        if snap is None:
+            raise IoTimeout(f"no publish to section {self.name} within {timeout} s")
+        return snap
 
     async def next_update(self) -> Snapshot:
         """The asyncio form of `wait_next()`: every task waiting on this section shares one
-        watcher thread (`section_async`), however many there are. Bound it with
-        `asyncio.timeout()`."""
-        self._register()
-        if self._async_wake is None:
-            self._async_wake = AsyncWake(self._sleep, self._current_word, _WAIT_SLICE)
+        watcher thread, however many there are. Bound it with `asyncio.timeout()`."""
+        waiter = self._register()
         baseline = self._baseline()
-        slept = False
-        while True:
-            word = self._current_word()
-            if word is None:
-                raise ValueError(f"section {self.name} is closed")
-            snap = self._news(baseline)
-            if snap is not None:
-                return snap
-            if slept:
-                self._check_driver()
-            slept = True
-            await self._async_wake.after(word)
-
-    def _current_word(self) -> int | None:
-        """`seq`'s low half, the futex word, read before looking for news (a publish between
-        moves it); None once closed."""
-        mapping = self._map
-        if mapping is None:
-            return None
-        try:
-            return int(_U32.unpack_from(mapping, SEQ_OFFSET)[0])
-        except ValueError:  # unmapped by a close in another thread
-            return None
+        return await waiter.wait_async(lambda: self._news(baseline))
 
     # --- closing ------------------------------------------------------------------------------
 
@@ -417,6 +358,9 @@ class Section:
 
     def _release(self) -> None:
         self.publish = self._not_publishing
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()  # wakes this section's waiters in other threads: they see it closed
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.release()

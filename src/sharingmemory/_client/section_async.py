@@ -1,4 +1,5 @@
-"""asyncio waits on a section: one watcher thread per section, whatever the number of tasks.
+"""asyncio waits on a futex word (a section's, the page's): one watcher thread per word, whatever
+the number of tasks (used by `futex_wait`).
 
 Theory of operation. A futex cannot be polled by an event loop, so an asyncio task cannot sleep
 on a section's `seq` itself; the first implementation slept in `asyncio.to_thread`, a thread of
@@ -50,7 +51,7 @@ class AsyncWake:
         with self._lock:
             self._waiting.append((loop, future, word))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="sharingmemory-section-wait", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="sharingmemory-futex-wait", daemon=True)
                 self._thread.start()
         return future
 

@@ -6,10 +6,14 @@ driver: the kernel keeps the memfd while it is mapped, and a driver that unloads
 state=stopped into it first. The read path is built for cost (docs/performance.md): between
 ticks a read is one aligned 8-byte load of `seq` compared with the last snapshot's; after a tick
 it is the full seqlock read of `_page.read_snapshot`. Waiting for the tick (`wait_next`,
-`next_update`) uses the handle's tick fd from `ticks`, asked for once through the
-`tick_source` the owning `Device` passes in; any number of threads and asyncio tasks may wait
-at once, and each returns the first tick newer than the newest one any wait had returned when
-it began (so concurrent waiters all get the same tick, and one waiter alone sees every tick).
+`next_update`): on a page of ABI 1.1 or later, FUTEX_WAIT on `seq`'s low half after one
+registration (IOCTL_WAIT_SECTION with the page's instance id, through the `port` the owning
+`Device` passes in), the waiter sections use too (`futex_wait`: the driver's tick costs it one
+FUTEX_WAKE whatever the number of waiters, and the readers pass the wake-up on). From a 1.0
+driver, or when that registration is refused, the handle's tick fd from `ticks`, asked for once
+through `tick_source`. Either way any number of threads and asyncio tasks may wait at once, and
+each returns the first tick newer than the newest one any wait had returned when it began (so
+concurrent waiters all get the same tick, and one waiter alone sees every tick).
 
 Trust: a page from a Device is a sealed memfd of one page (`trust.check_page_fd`, run by the
 Device), so it can never be truncated under the mapping (no SIGBUS) or written by anyone but
@@ -28,6 +32,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from .._defs import (
+    IOCTL_WAIT_SECTION,
     PAGE_SIZE,
     SEQ_OFFSET,
     STATE_STOPPED,
@@ -40,9 +45,11 @@ from .._defs import (
     check_header,
     read_snapshot,
     read_state,
+    waiters_offset,
 )
 from .._sys import libc
 from .arguments import wait_timeout
+from .futex_wait import FutexWait
 from .ticks import TickClosedError, TickEvent, next_deadline_delay, retry_step
 
 
@@ -50,6 +57,15 @@ class _Word(Protocol):
     """What the read path indexes to get the page's live `seq`: a one-item 'Q' memoryview."""
 
     def __getitem__(self, index: int, /) -> int: ...
+
+
+class _Port(Protocol):
+    """What the futex wait needs of the owning device (section.py's `_Port`): an IOCTL that
+    raises NtStatusError on failure, and whether the device socket hung up."""
+
+    def ioctl(self, code: int, input: bytes = b"", output_length: int = 0) -> object: ...  # noqa: A002
+
+    def hung_up(self) -> bool: ...
 
 
 class _ClosedWord:
@@ -100,18 +116,28 @@ class SharedPage:
     _tick_source: Callable[[], TickEvent] | None = None
     _tick_asked: bool = False
     _seen_tick: int | None = None
+    _port: _Port | None = None
+    _futex: FutexWait | None = None
+    _futex_asked: bool = False
 
     def __init__(
-        self, fd: int, *, tick_source: Callable[[], TickEvent] | None = None, size_checked: bool = False
+        self,
+        fd: int,
+        *,
+        tick_source: Callable[[], TickEvent] | None = None,
+        port: _Port | None = None,
+        size_checked: bool = False,
     ) -> None:
         """Map the page behind `fd` (the caller keeps and closes `fd`) and check its size and
         header (RevisionMismatch). A page from a Device has had its seals and size checked
         already (`trust.check_page_fd`, hence `size_checked`: one fstat(2) per open, not two);
         an fd passed here by hand is the caller's to vouch for.
-        `tick_source`, when given, is asked once for the tick fd that `wait_next` uses."""
+        `port`, when given, registers the futex wait (ABI 1.1) once; `tick_source`, when given,
+        is asked once for the tick fd that `wait_next` uses otherwise."""
         if type(fd) is not int:
             raise TypeError(f"fd must be an int, not {type(fd).__name__}")
         self._tick_source = tick_source
+        self._port = port
         self._source_lock = threading.Lock()
         try:
             if not size_checked and os.fstat(fd).st_size != PAGE_SIZE:
@@ -191,12 +217,18 @@ class SharedPage:
         after `timeout` seconds (None or math.inf: no limit; 0 or less: look once),
         DeviceNotConnected when the driver dies without writing state=stopped, ValueError when
         the page is closed before or during the wait (from another thread, say). Uses the
-        driver's tick fd when the page came from a Device (no polling), else sleeps to the
+        page's futex (ABI 1.1) or the driver's tick fd when the page came from a Device (no polling), else sleeps to the
         deadline the page announces. Safe to call from several threads at once.
         """
         deadline = _deadline(timeout)
-        event = self._ensure_tick_event()
+        futex = self._ensure_futex()
         news = self._news_after(self._seen_tick)
+        if futex is not None:
+            snap = futex.wait(news, deadline)
+            if snap is None:
+                raise IoTimeout(f"no tick within {timeout} s")
+            return snap
+        event = self._ensure_tick_event()
         if event is not None:
             try:
                 snap = event.wait_for(news, deadline)
@@ -223,8 +255,11 @@ class SharedPage:
         or `asyncio.wait_for()`."""
         import asyncio
 
-        event = self._ensure_tick_event()
+        futex = self._ensure_futex()
         news = self._news_after(self._seen_tick)
+        if futex is not None:
+            return await futex.wait_async(news)
+        event = self._ensure_tick_event()
         if event is not None:
             try:
                 return await event.wait_for_async(news)
@@ -270,6 +305,32 @@ class SharedPage:
             return snap
         raise DeviceNotConnected("the driver died (no state=stopped was written)") from err
 
+    def _ensure_futex(self) -> FutexWait | None:
+        """The futex wait, registered once (success or not) on the first wait: only on a page of
+        ABI 1.1 or later (a 1.0 driver has no `waiters` and no wake-up), and only if the driver
+        accepts the registration; None otherwise, and the tick fd serves. `_futex_asked` is set
+        only once the attempt is over, so a second thread's first wait, arriving meanwhile,
+        waits for its outcome on the lock instead of taking the channel."""
+        if self._futex is None and not self._futex_asked and self._port is not None:
+            with self._source_lock:
+                if not self._futex_asked:
+                    try:
+                        self._futex = self._register_futex()
+                    finally:
+                        self._futex_asked = True
+        return self._futex
+
+    def _register_futex(self) -> FutexWait | None:
+        port, mapping = self._port, self._map
+        offset = None if mapping is None else waiters_offset(mapping)
+        if port is None or mapping is None or offset is None:
+            return None
+        try:
+            port.ioctl(IOCTL_WAIT_SECTION, self.read().instance_id)
+        except (NtStatusError, ValueError, OSError):  # refused, or the device is gone
+            return None
+        return FutexWait(mapping, SEQ_OFFSET, offset, port.hung_up, "SharedPage")
+
     def _ensure_tick_event(self) -> TickEvent | None:
         if self._tick_event is None and self._tick_source is not None and not self._tick_asked:
             with self._source_lock:  # two threads' first waits ask once between them
@@ -287,16 +348,23 @@ class SharedPage:
         """In a child of os.fork(): new locks (a parent's thread may have held them), and the
         child's copy of the tick fd closed. That fd shares its open file description with the
         parent's, so a child draining it would take the parent's wake-ups; the child's waits
-        go by the page's deadline instead."""
+        go by the page's deadline instead (the futex registration is the parent's handle's:
+        the child does not use it either)."""
         self._source_lock = threading.Lock()
+        self._port, self._futex, self._futex_asked = None, None, True
         event, self._tick_event = self._tick_event, None
         if event is not None:
             event.after_fork_in_child()
 
     def close(self) -> None:
         """Close the tick fd (waking any waiter, who gets ValueError, and waiting for them to
-        leave), then unmap the page. Idempotent."""
+        leave), and wake the futex waiters (they get ValueError too), then unmap the page.
+        Idempotent."""
         self._tick_source = None
+        self._port = None
+        futex, self._futex = self._futex, None
+        if futex is not None:
+            futex.close()
         event, self._tick_event = self._tick_event, None
         if event is not None:
             event.close()

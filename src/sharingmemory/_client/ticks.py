@@ -1,7 +1,10 @@
 """Waiting for the next tick: the client's side of IOCTL_REGISTER_TICK_EVENT.
 
 Theory of operation. The seed's program polled the page every 1000 ms beside a writer that also
-ticked every 1000 ms, so it skipped or repeated a second. Ours waits for the tick instead:
+ticked every 1000 ms, so it skipped or repeated a second. Ours waits for the tick instead. On a
+page of ABI 1.1 the wait is the page's futex (`futex_wait`: one FUTEX_WAKE per tick for the
+driver, whatever the number of waiters); this module is the wait on a 1.0 driver's page, or
+when the futex registration is refused, with the same guarantees:
 
 * With an eventfd from the driver (`TickEvent`), a reader blocks in poll(2) until the driver
   signals, then reads the page. The same poll also watches the device socket for POLLRDHUP, so

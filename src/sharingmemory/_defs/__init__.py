@@ -49,6 +49,7 @@ from .page import (
     read_snapshot,
     read_state,
     utc_offset_to_bias,
+    waiters_offset,
 )
 from .paths import (
     DEVICE_NAME,
@@ -164,6 +165,7 @@ __all__ = [
     "METHOD_OUT_DIRECT",
     "PAGE_SEALS",
     "PAGE_SIZE",
+    "PAGE_WAITERS_OFFSET",
     "RESERVED_FIELD_NAMES",
     "SECTION_REPLY",
     "SEQ_OFFSET",
@@ -248,5 +250,6 @@ __all__ = [
     "state_from_code",
     "status_name",
     "utc_offset_to_bias",
+    "waiters_offset",
     "write_new_section",
 ]

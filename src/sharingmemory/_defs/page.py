@@ -24,8 +24,11 @@ from .status import InvalidDeviceState, RevisionMismatch
 PAGE_SIZE: Final = 4096
 MAGIC: Final = b"SHMT"
 ABI_MAJOR: Final = 1
-ABI_MINOR: Final = 0
-HEADER_SIZE: Final = 104
+ABI_MINOR: Final = 1
+#: Bytes of defined fields this writer writes (1.1: `waiters` added at 104).
+HEADER_SIZE: Final = 112
+#: The smallest header a reader accepts: ABI 1.0's, from a driver that has no `waiters`.
+HEADER_SIZE_1_0: Final = 104
 
 STATE_INITIALIZING: Final = 0
 STATE_RUNNING: Final = 1
@@ -46,6 +49,9 @@ F_SEAL_FUTURE_WRITE: Final = 0x0010  # linux 5.1; not exported by Python's fcntl
 PAGE_SEALS: Final = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL
 
 SEQ_OFFSET: Final = 16
+#: u32, ABI 1.1: handles registered to be woken at each tick (written by the driver, outside
+#: the seqlock: one aligned u32 store, read alone). The futex word is `seq`'s low half.
+WAITERS_OFFSET: Final = 104
 _HEADER = struct.Struct("<4sHHII")  # magic, abi_major, abi_minor, page_size, header_size at 0
 _SEQ = struct.Struct("<Q")  # at 16
 # seq plus every field it guards, read in one call so a snapshot costs one unpack (16..103).
@@ -55,7 +61,7 @@ _STATE = struct.Struct("<I")  # at 80
 _STATE_OFFSET: Final = 80
 
 assert _HEADER.size == 16
-assert _GUARDED.size == HEADER_SIZE - SEQ_OFFSET
+assert _GUARDED.size == WAITERS_OFFSET - SEQ_OFFSET == HEADER_SIZE_1_0 - SEQ_OFFSET
 
 _DAY: Final = _dt.timedelta(days=1)
 _FILETIME_EPOCH: Final = _dt.datetime(1601, 1, 1)
@@ -150,8 +156,17 @@ def check_header(buffer: object) -> None:
         raise RevisionMismatch(f"page magic is {magic!r}, expected {MAGIC!r}")
     if major != ABI_MAJOR:
         raise RevisionMismatch(f"page ABI major version is {major}, this reader knows {ABI_MAJOR}")
-    if page_size != PAGE_SIZE or not HEADER_SIZE <= header_size <= PAGE_SIZE:
+    if page_size != PAGE_SIZE or not HEADER_SIZE_1_0 <= header_size <= PAGE_SIZE:
         raise RevisionMismatch(f"page declares page_size={page_size} header_size={header_size}")
+
+
+def waiters_offset(buffer: object) -> int | None:
+    """Where the page's `waiters` count is (ABI 1.1 and later), or None for a 1.0 page, whose
+    driver knows no futex wake-up: its readers wait on the tick channel instead. Call after
+    `check_header`."""
+    with memoryview(buffer) as view:  # type: ignore[arg-type]
+        _magic, _major, minor, _page_size, header_size = _HEADER.unpack_from(view, 0)
+    return WAITERS_OFFSET if minor >= 1 and header_size >= WAITERS_OFFSET + 4 else None
 
 
 def read_snapshot(buffer: object) -> PageSnapshot:
@@ -185,7 +200,9 @@ class PageWriter:
     a client can never steer it by what the page holds.
     """
 
-    __slots__ = ("_buffer", "_instance_id", "_interval_ns", "_seq", "_seq_word", "_tick_count", "_writer_pid")
+    __slots__ = (
+        "_buffer", "_instance_id", "_interval_ns", "_seq", "_seq_word", "_tick_count", "_waiters", "_writer_pid",
+    )  # fmt: skip
 
     def __init__(self, buffer: object, *, interval_ns: int, writer_pid: int, instance_id: bytes) -> None:
         """Zero the page and write the header with state=initializing and seq 0."""
@@ -200,6 +217,7 @@ class PageWriter:
         # s_pack_internal), so a reader could see seq go through 0, an even value, in the middle
         # of an update, and accept a torn snapshot (tests/soak/seqlock_torture.py caught it).
         self._seq_word = view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
+        self._waiters = view[WAITERS_OFFSET : WAITERS_OFFSET + 4].cast("I")
         self._seq = 0
         self._tick_count = 0
         self._interval_ns = interval_ns
@@ -223,9 +241,21 @@ class PageWriter:
         """Write state=stopped with the instant of the stop; `tick_count` does not move."""
         self._store(realtime_ns, monotonic_ns, time_zone_bias, self._tick_count, STATE_STOPPED)
 
+    def set_waiters(self, count: int) -> None:
+        """Write `waiters` (ABI 1.1): how many handles are registered to be woken at each tick.
+        One aligned u32 store outside the seqlock: readers read it alone, as a hint whether to
+        pass a wake-up on."""
+        self._waiters[0] = _le32(count)
+
+    @property
+    def waiters(self) -> int:
+        """The count last written by `set_waiters` (the driver's own, never read from a peer)."""
+        return _le32(self._waiters[0])
+
     def release(self) -> None:
         """Drop the buffer exports so their owner (an mmap) can close. Idempotent."""
         self._seq_word.release()
+        self._waiters.release()
         self._buffer.release()
 
     def _store(self, realtime_ns: int, monotonic_ns: int, bias: int, ticks: int, state: int) -> None:
@@ -245,6 +275,11 @@ class PageWriter:
 def _le64(value: int) -> int:
     """`value` as the native u64 whose bytes are its little-endian form (the page's byte order)."""
     return value if sys.byteorder == "little" else int.from_bytes(value.to_bytes(8, "little"), "big")
+
+
+def _le32(value: int) -> int:
+    """`value` as the native u32 whose bytes are its little-endian form (its own inverse)."""
+    return value if sys.byteorder == "little" else int.from_bytes(value.to_bytes(4, "little"), "big")
 
 
 def read_state(buffer: object) -> int:

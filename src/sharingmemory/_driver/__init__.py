@@ -22,7 +22,7 @@ from .peer_log import (
     PEER_LIMIT,
     PeerLineLimit,
 )
-from .sections import ProducerPolicy, SectionLimits
+from .section_records import ProducerPolicy, SectionLimits
 
 __all__ = [
     "MAX_INTERVAL_NS",

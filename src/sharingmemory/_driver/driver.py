@@ -21,8 +21,11 @@ CLOCK_MONOTONIC instant, or None) and the event loop calls `on_timer(now)` when 
 Deadlines advance by whole intervals from the first one, so the tick never drifts; when the loop
 was so late that deadlines were missed, they are skipped (counted as late), not bunched up.
 
-Tick events. A handle may ask for a tick fd that becomes readable after every tick and when the
-page stops; why each handle gets its own channel, and why a wake-up never waits, is told in
+Waiting for the tick. A handle that holds the page may register as a waiter on the page's futex
+(IOCTL_WAIT_SECTION with the page's instance id, page ABI 1.1): each tick then costs one
+FUTEX_WAKE whatever the number of waiters (`page_waiters`, which says why it never waits). A
+handle may also ask for a tick fd of its own, the 1.0 way, readable after every tick and when
+the page stops; why each handle gets its own channel, and why a wake-up never waits, is told in
 `tick_events`, which owns the channels. The IOCTL handlers themselves live in `ioctls` (and
 `tick_events`); the records they share (`Handle`, `Completion`, `DriverConfig`) in `handles`.
 This module keeps what decides the life of handles and of the page: the dispatch tables, the
@@ -43,6 +46,7 @@ from .._defs import (
     IOCTL_GIVE_ME_YOUR_MEMORY,
     IOCTL_QUERY_STATUS,
     IOCTL_REGISTER_TICK_EVENT,
+    IOCTL_WAIT_SECTION,
     STATE_RUNNING,
     STATE_STOPPED,
     VALID_ACCESS_MASK,
@@ -68,6 +72,7 @@ from .handles import (
 )
 from .ioctls import ioctl_give_me_your_memory, ioctl_query_status, ioctl_section
 from .memory import SealedMemory
+from .page_waiters import PageWaiters
 from .peer_log import PEER
 from .sections import SECTION_IOCTLS, SectionRegistry
 from .tick_events import close_tick_event, ioctl_register_tick_event, signal_tick_events
@@ -123,6 +128,7 @@ class Driver:
         self._open_per_uid: dict[int, int] = {}
         self._mapped = 0  # handles with `mapped` set; kept as a count so no path walks all handles
         self._tick_events: dict[int, Fd] = {}  # handle id -> our end of its tick channel
+        self.page_waiters = PageWaiters()
         self._page: _Page | None = None
         self._deadline: int | None = None
         self._ticks = 0
@@ -220,6 +226,7 @@ class Driver:
         """IRP_MJ_CLEANUP: release what the handle holds; the last mapped handle frees the page."""
         log.debug("handle %d: cleanup", handle.handle_id)
         self.sections.handle_gone(handle.handle_id)  # a producer's handle going stops its sections
+        self.page_waiters.forget(handle.handle_id)
         close_tick_event(self._tick_events, handle)
         if handle.mapped:
             handle.mapped = False
@@ -259,6 +266,7 @@ class Driver:
             memory.close()
             raise
         self._page = _Page(memory, writer)
+        self.page_waiters.attach(writer, memory.buffer)
         log.debug("page allocated")
         realtime_ns, monotonic_ns, bias = self._clock.now()
         writer.update(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
@@ -274,6 +282,8 @@ class Driver:
         log.debug("timer stopped")
         realtime_ns, monotonic_ns, bias = self._clock.now()
         page.writer.stop(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
+        self.page_waiters.wake_all()
+        self.page_waiters.detach()
         signal_tick_events(self._tick_events)
         page.free()
         log.debug("page freed")
@@ -295,6 +305,7 @@ class Driver:
         realtime_ns, monotonic_ns, bias = self._clock.now()
         self._page.writer.update(realtime_ns=realtime_ns, monotonic_ns=monotonic_ns, time_zone_bias=bias)
         self._ticks += 1
+        self.page_waiters.wake_one()
         if self._tick_events:
             signal_tick_events(self._tick_events)
         interval = self.config.interval_ns
@@ -355,6 +366,15 @@ def _access_text(access: int) -> str:
 
 _Handler = Callable[[Driver, Handle, Request], Completion]
 
+
+def ioctl_wait(driver: Driver, handle: Handle, request: Request) -> Completion:
+    """IOCTL_WAIT_SECTION: with the page's instance id (the `time` section's), a wait on the
+    page's futex; with any other, on that section's (the registry decides)."""
+    if request.input == driver.instance_id:
+        return driver.page_waiters.register(handle)
+    return ioctl_section(driver, handle, request)
+
+
 #: The seed's `pDriverObject^.MajorFunction[...] := @Dispatch...` lines, as one table.
 _DISPATCH: dict[MajorFunction, _Handler] = {
     MajorFunction.IRP_MJ_CREATE: Driver._dispatch_create,
@@ -379,4 +399,5 @@ _IOCTLS: dict[int, _Handler] = {
     IOCTL_QUERY_STATUS: ioctl_query_status,
     IOCTL_REGISTER_TICK_EVENT: ioctl_register_tick_event,
     **dict.fromkeys(SECTION_IOCTLS, ioctl_section),
+    IOCTL_WAIT_SECTION: ioctl_wait,
 }

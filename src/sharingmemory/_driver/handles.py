@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .._sys import Fd
-from .sections import ProducerPolicy, SectionLimits, is_listed
+from .section_records import ProducerPolicy, SectionLimits, is_listed
 
 MIN_INTERVAL_NS = 1_000_000
 #: A day: the longest period anyone means for a clock's tick, and far inside what the page's

@@ -15,10 +15,10 @@ after sealing and stops a section it could not seal. Readers get an O_RDONLY ope
 memfd, opened only after sealing.
 
 Stopping: state=stopped, `seq` += 2 (same parity, so the stable copy stays), then one
-FUTEX_WAKE of every waiter on `seq` and one on the relay word (readers a publish requeued there
-and the chain has not reached yet). A producer killed inside a publish needs no repair: the latch leaves
-a complete copy. The driver reads producer-written memory only for `updates` in the list, with
-a bounded latch read: a producer cannot make the event loop wait.
+FUTEX_WAKE of every waiter on `seq` (INT_MAX: the stop does not rely on the readers' chain, so
+even those a non-passing reader holds up see it at once). A producer killed inside a publish
+needs no repair: the latch leaves a complete copy. The driver reads producer-written memory only
+for `updates` in the list, with a bounded latch read: a producer cannot make the event loop wait.
 
 Concurrency: none; called from the driver, on the server's one thread. No sockets: results are
 `SectionReply` tuples that the driver turns into Completions.
@@ -33,8 +33,7 @@ import mmap
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol
+from typing import Final
 
 from .._defs import (
     IOCTL_CLOSE_SECTION,
@@ -58,121 +57,19 @@ from .._defs import (
     layout,
     write_new_section,
 )
-from .._defs.section import SEQ_OFFSET, WAITERS_OFFSET, bump_seq, write_state, write_waiters
+from .._defs.section import SEQ_OFFSET, bump_seq, write_state, write_waiters
 from .._defs.section_wire import LIST_HEAD_SIZE
 from .._sys import Fd, libc
 from .memory import PAGE_SEALS, _memfd_create
+from .section_records import Peer, ProducerPolicy, SectionLimits, SectionReply, _Section, is_listed
+
+__all__ = ["TIME_SECTION", "Peer", "ProducerPolicy", "SectionLimits", "SectionRegistry", "SectionReply", "is_listed"]
 
 log = logging.getLogger("sharingmemory.driver")
 
 _U32 = struct.Struct("<I")
-_COPY_UPDATES = struct.Struct("<Q")
 #: The built-in section: the driver's own page (page-abi.md), never created by a producer.
 TIME_SECTION: Final = "time"
-
-
-class Peer(Protocol):
-    """What the registry needs of a handle's credentials (the driver's `Credentials`)."""
-
-    @property
-    def pid(self) -> int: ...
-    @property
-    def uid(self) -> int: ...
-    @property
-    def gid(self) -> int: ...
-    @property
-    def groups(self) -> frozenset[int]: ...
-
-
-def is_listed(peer: Peer, uids: frozenset[int], gids: frozenset[int]) -> bool:
-    """Whether `peer` is one of `uids` or a member of one of `gids`, the group primary or
-    supplementary (SO_PEERGROUPS): the one membership rule of every access list the driver
-    keeps (the device's, the producers', a section's readers)."""
-    return peer.uid in uids or peer.gid in gids or not gids.isdisjoint(peer.groups)
-
-
-class SectionReply(NamedTuple):
-    """status, information-bearing output, and the fd to send (owned by the receiver)."""
-
-    status: int
-    output: bytes = b""
-    fd: Fd | None = None
-
-
-@dataclass(frozen=True)
-class SectionLimits:
-    """What `serve` can set: the size of one section, its fields, and how many sections."""
-
-    max_section_size: int = 64 * 1024
-    max_fields: int = 256
-    max_sections: int = 1024
-    max_sections_per_uid: int = 256
-
-    def __post_init__(self) -> None:
-        if min(self.max_section_size, self.max_fields, self.max_sections, self.max_sections_per_uid) < 1:
-            raise ValueError("section limits must be at least 1")
-        if self.max_section_size < 4096:
-            raise ValueError("the section size limit must be at least one page (4096 bytes)")
-
-
-@dataclass(frozen=True)
-class ProducerPolicy:
-    """Who may create sections: these uids or members of these gids (primary or supplementary,
-    SO_PEERGROUPS). Root always."""
-
-    uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
-    gids: frozenset[int] = frozenset()
-
-    def allows(self, peer: Peer) -> bool:
-        return peer.uid == 0 or is_listed(peer, self.uids, self.gids)
-
-
-@dataclass(eq=False)
-class _Section:
-    """One live section: the driver's writable mapping of its memfd and who may read it."""
-
-    section_id: int
-    name: str
-    owner: int  # handle id of the producer
-    producer: tuple[int, int, int]  # pid, uid, gid
-    instance_id: bytes
-    plan: Layout
-    reader_uids: frozenset[int]
-    reader_gids: frozenset[int]
-    memfd: int
-    mapping: mmap.mmap
-    state: SectionState = SectionState.INITIALIZING
-    reader_fd: int = -1
-    waiters: set[int] = field(default_factory=set)
-
-    def may_read(self, peer: Peer) -> bool:
-        if peer.uid in (0, self.producer[1]):
-            return True
-        if not self.reader_uids and not self.reader_gids:
-            return True
-        return is_listed(peer, self.reader_uids, self.reader_gids)
-
-    def updates(self) -> int:
-        """The update count by a bounded latch read of the producer's words (never waits)."""
-        buf, copies = self.mapping, self.plan.copy_offsets
-        value = 0
-        for _ in range(3):
-            seq = _COPY_UPDATES.unpack_from(buf, SEQ_OFFSET)[0]
-            value = _COPY_UPDATES.unpack_from(buf, copies[seq & 1])[0]
-            if _COPY_UPDATES.unpack_from(buf, SEQ_OFFSET)[0] == seq:
-                break
-        return int(value)
-
-    def info(self) -> SectionInfo:
-        return SectionInfo(
-            self.name,
-            self.plan.fields,
-            self.producer[1],
-            self.producer[0],
-            self.state,
-            self.updates(),
-            self.instance_id,
-        )
 
 
 class SectionRegistry:
@@ -395,7 +292,6 @@ class SectionRegistry:
         address = libc.buffer_address(section.mapping)
         try:
             self._wake(address + SEQ_OFFSET)
-            self._wake(address + WAITERS_OFFSET)  # readers a producer requeued onto the relay word
         except OSError as err:  # ENOSYS on an unknown machine: waiters time out instead
             log.warning("section %s: futex wake failed: %s", section.name, err)
         section.mapping.close()

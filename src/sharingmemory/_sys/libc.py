@@ -7,9 +7,9 @@ functions do; no other module touches ctypes. What is here and why:
 * `mlock(2)`: the page is locked in RAM, as the seed's non-paged pool is;
 * `timerfd_create(2)` / `timerfd_settime(2)`: `os.timerfd_create` only arrives in Python 3.13;
 * `prctl(PR_SET_TIMERSLACK)`: how late the kernel may wake the driver's timed waits;
-* `futex(2)` FUTEX_WAIT / FUTEX_WAKE / FUTEX_CMP_REQUEUE on a word of a shared mapping: how
-  section readers sleep until a publish, the producer waking one and moving the rest to a relay
-  word that the woken readers wake in turn (the `os` module has no futex);
+* `futex(2)` FUTEX_WAIT / FUTEX_WAKE on a word of a shared mapping: how readers of a section or
+  of the page sleep until a publish or a tick, the waker waking one and each woken reader
+  waking two more (the `os` module has no futex);
 * `buffer_address`: where a (possibly read-only) buffer lives, for the seed's "address of the
   page" contract; `ctypes.c_char.from_buffer` insists on a writable buffer;
 * `statfs(2)`'s f_type (`filesystem_name`), which `os.statvfs` does not report: whether a
@@ -66,7 +66,6 @@ _libc.syscall.restype = ctypes.c_long
 _SYS_FUTEX: Final = {"x86_64": 202, "aarch64": 98, "riscv64": 98}.get(platform.machine())
 _FUTEX_WAIT: Final = 0  # shared, not FUTEX_PRIVATE_FLAG: the word lives in a memfd mapped by several processes
 _FUTEX_WAKE: Final = 1
-_FUTEX_CMP_REQUEUE: Final = 4
 FUTEX_AVAILABLE: Final = _SYS_FUTEX is not None
 
 
@@ -140,7 +139,7 @@ FUTEX_TIMED_OUT: Final = 2
 def futex_wait(address: int, expected: int, timeout_ns: int | None) -> int:
     """FUTEX_WAIT: sleep while the u32 at `address` holds `expected`, at most `timeout_ns`.
 
-    FUTEX_WOKEN when a FUTEX_WAKE (or a requeue then a wake) ended the sleep, FUTEX_CHANGED when
+    FUTEX_WOKEN when a FUTEX_WAKE ended the sleep, FUTEX_CHANGED when
     the word already differed (EAGAIN) or a signal interrupted (EINTR; the caller re-reads the
     word anyway), FUTEX_TIMED_OUT. Works on a PROT_READ shared mapping: the kernel only reads
     the word (futex(2)). The GIL is released while it sleeps.
@@ -162,25 +161,6 @@ def futex_wait(address: int, expected: int, timeout_ns: int | None) -> int:
     if err == errno.ETIMEDOUT:
         return FUTEX_TIMED_OUT
     raise OSError(err, os.strerror(err))
-
-
-def futex_cmp_requeue(address: int, expected: int, target: int, wake: int = 1) -> int:
-    """FUTEX_CMP_REQUEUE: if the u32 at `address` still holds `expected`, wake `wake` of its
-    waiters and move all the others, still asleep, to wait on `target`; how many were woken or
-    moved. Moving is a list operation under the bucket lock, no wake-up (no IPI): the caller's
-    cost does not grow with the waiters as FUTEX_WAKE(INT_MAX)'s does. OSError(EAGAIN) when the
-    word moved meanwhile (futex(2)); the caller then wakes them all instead."""
-    if _SYS_FUTEX is None:
-        raise OSError(errno.ENOSYS, "futex: unknown syscall number on this machine")
-    return int(
-        _check(
-            _libc.syscall(
-                ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(address), ctypes.c_int(_FUTEX_CMP_REQUEUE),
-                ctypes.c_int(wake), ctypes.c_void_p(0x7FFFFFFF),  # val2, nr_requeue, rides in the timeout slot
-                ctypes.c_void_p(target), ctypes.c_uint32(expected & 0xFFFFFFFF),
-            )
-        )
-    )  # fmt: skip
 
 
 def futex_wake(address: int, count: int = 0x7FFFFFFF) -> int:
