@@ -235,13 +235,32 @@ class RawConnection:
 def run_in_fork(work: object) -> int:
     """Run `work()` in a forked child and return its exit status: 0 when it returned True, 2
     when it returned False, 1 when it raised (the child never returns into the test)."""
+    return run_in_forks(work, 1)[0]
+
+
+def run_in_forks(work: object, count: int) -> list[int]:
+    """`run_in_fork` in `count` children at once (all forked before any is waited for), their
+    exit statuses in order."""
     assert callable(work)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's report is its exit status
-        code = 1
-        try:
-            code = 0 if work() else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    pids = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's report is its exit status
+            code = 1
+            try:
+                code = 0 if work() else 2
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+
+
+def kill_all(processes: list[subprocess.Popen[str]]) -> None:
+    """SIGKILL and reap every helper process of a test, and close the pipes it was given, so
+    that a failing test leaves no process and no ResourceWarning behind."""
+    for process in processes:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()

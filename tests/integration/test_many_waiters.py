@@ -23,7 +23,7 @@ import pytest
 
 import sharingmemory
 from sharingmemory._sys import libc
-from tests.support import DriverProcess, wait_for
+from tests.support import DriverProcess, kill_all, wait_for
 
 pytestmark = pytest.mark.skipif(not libc.FUTEX_AVAILABLE, reason="futex syscall number unknown on this machine")
 
@@ -96,12 +96,7 @@ def _readers(
             assert process.stdout is not None and process.stdout.readline() == "ready\n"
         yield processes
     finally:
-        for process in processes:
-            process.kill()
-            process.wait()
-            for stream in (process.stdin, process.stdout):
-                if stream is not None:
-                    stream.close()
+        kill_all(processes)
 
 
 def _go_and_sleep(processes: list[subprocess.Popen[str]], shape: list[tuple[int, str, str]]) -> None:

@@ -26,7 +26,7 @@ import sharingmemory
 from sharingmemory._defs import IOCTL_WAIT_SECTION, MajorFunction, NtStatus, read_snapshot
 from sharingmemory._sys import libc
 from tests.fake_driver import Memfd, fake_driver
-from tests.support import DriverProcess, RawConnection, wait_for
+from tests.support import DriverProcess, RawConnection, kill_all, wait_for
 
 pytestmark = pytest.mark.skipif(not libc.FUTEX_AVAILABLE, reason="futex syscall number unknown on this machine")
 
@@ -109,12 +109,7 @@ def test_the_count_goes_up_once_per_handle_and_down_at_cleanup_and_at_a_kill(dri
             holders[1].wait()
             assert wait_for(lambda: _waiters(page) == 2)
         finally:
-            for holder in holders:
-                holder.kill()
-                holder.wait()
-                for stream in (holder.stdin, holder.stdout):
-                    if stream is not None:
-                        stream.close()
+            kill_all(holders)
         assert wait_for(lambda: _waiters(page) == 1)
 
 

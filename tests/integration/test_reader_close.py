@@ -29,7 +29,7 @@ from sharingmemory._defs import (
     encode_create,
     encode_request,
 )
-from tests.support import DriverProcess, RawConnection, open_fds, run_in_fork, start_driver, wait_for
+from tests.support import DriverProcess, RawConnection, open_fds, run_in_fork, run_in_forks, start_driver, wait_for
 
 FIELDS = (Field("value", "f64"),)
 
@@ -211,17 +211,7 @@ def test_readers_churning_at_their_limit_are_never_refused(tmp_path: Path, map_a
                     device.map_shared_memory().read()
             return True
 
-        pids = []
-        for _ in range(workers):
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child's report is its exit status
-                code = 1
-                try:
-                    code = 0 if churn() else 2
-                finally:
-                    os._exit(code)
-            pids.append(pid)
-        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        codes = run_in_forks(churn, workers)
         assert codes == [0] * workers, "a CREATE was refused for handles already closed"
 
 
