@@ -46,7 +46,7 @@ with sharingmemory.open_device(path) as device:
     else:  # never passes a wake-up on: sleeps on the word, once, and leaves
         cpu._register()
         word = int.from_bytes(cpu._map[SEQ_OFFSET : SEQ_OFFSET + 4], "little")
-        libc.futex_wait(cpu._address + SEQ_OFFSET, word, 120 * 10**9)
+        libc.futex_wait(libc.buffer_address(cpu._map) + SEQ_OFFSET, word, 120 * 10**9)
         print("hostile woke", flush=True)
 """
 

@@ -221,7 +221,6 @@ class Section:
             args = (schema.fields, schema.offsets, header.data_offset, header.data_size)
             self._reader = SectionReader(self._map, *args)
             self._snapshot = snapshot_type(schema.fields)
-            self._address = libc.buffer_address(self._map)
             if sys.byteorder == "little":
                 self._view = memoryview(self._map)
                 self._seq_word = self._view[SEQ_OFFSET : SEQ_OFFSET + 8].cast("Q")
@@ -229,6 +228,7 @@ class Section:
                 self._seq_word = _NoWord()
             self.publish = self._not_publishing
             if producer:
+                self._address = libc.buffer_address(self._map)  # for the wake (a reader's waiter has its own)
                 # The futex word in native order, as the kernel compares it (the page is little-endian).
                 self._futex_word = memoryview(self._map)[SEQ_OFFSET : SEQ_OFFSET + 4].cast("I")
                 self._writer = SectionWriter(self._map, *args)

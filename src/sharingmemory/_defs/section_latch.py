@@ -8,6 +8,7 @@ complete.
 
 from __future__ import annotations
 
+import functools
 import keyword
 import math
 import struct
@@ -42,24 +43,22 @@ _INT_RANGES: Final = {
 # --- values: the latch writer and reader --------------------------------------------------------
 
 
-def _copy_struct(fields: Sequence[Field], offsets: Sequence[int], data_size: int) -> struct.Struct:
-    """One struct for a whole copy: the copy header, then every known field at its offset with
-    pad bytes between, so a snapshot costs one unpack_from."""
+@functools.lru_cache(maxsize=256)
+def _copy_plan(fields: tuple[Field, ...], offsets: tuple[int, ...]) -> tuple[struct.Struct, tuple[int, ...]]:
+    """How to read and write one whole copy: a struct of the copy header, then every known
+    field at its offset with pad bytes between (a snapshot costs one unpack_from), and for each
+    field in declaration order its index in that struct's output. Cached by schema: the same
+    section is opened again and again, and its plan is a third of an open's own CPU."""
+    ranked = sorted(range(len(fields)), key=lambda i: offsets[i])
     parts, position = ["<Qq"], COPY_HEADER_SIZE
-    for item, offset in sorted(zip(fields, offsets, strict=True), key=lambda pair: pair[1]):
+    for i in ranked:
+        item, offset = fields[i], offsets[i]
         if offset > position:
             parts.append(f"{offset - position}x")
         parts.append(f"{item.length}s" if item.type == "str" else TYPES[item.type].fmt)
         position = offset + item.length
-    del data_size
-    return struct.Struct("".join(parts))
-
-
-def _copy_order(fields: Sequence[Field], offsets: Sequence[int]) -> tuple[int, ...]:
-    """For each field in declaration order, its index in the copy struct's output."""
-    ranked = sorted(range(len(fields)), key=lambda i: offsets[i])
-    position = {field_index: rank for rank, field_index in enumerate(ranked)}
-    return tuple(position[i] + 2 for i in range(len(fields)))
+    rank = {field_index: r for r, field_index in enumerate(ranked)}
+    return struct.Struct("".join(parts)), tuple(rank[i] + 2 for i in range(len(fields)))
 
 
 class SectionWriter:
@@ -82,11 +81,10 @@ class SectionWriter:
         self._waiters = view[WAITERS_OFFSET : WAITERS_OFFSET + 4].cast("I")
         self._seq = _SEQ.unpack_from(view, SEQ_OFFSET)[0]
         self._copies = (data_offset, data_offset + data_size)
-        self._struct = _copy_struct(fields, offsets, data_size)
+        self._struct, order = _copy_plan(tuple(fields), tuple(offsets))
         self._pack_into = self._struct.pack_into
         self._values: tuple[object, ...] = self._struct.unpack_from(view, data_offset + (self._seq & 1) * data_size)
         self._slots: dict[str, tuple[int, type | None, float | None, float | None, str, int]] = {}
-        order = _copy_order(fields, offsets)
         for item, index in zip(fields, order, strict=True):
             exact, low, high = _FAST.get(item.type, (None, None, None))
             self._slots[item.name] = (index, exact, low, high, item.type, item.length)
@@ -272,8 +270,7 @@ class SectionReader:
             raise SectionFormatError("section copies lie outside the mapping")
         self._buffer = buffer
         self._copies = (data_offset, data_offset + data_size)
-        self._struct = _copy_struct(fields, offsets, data_size)
-        self._order = _copy_order(fields, offsets)
+        self._struct, self._order = _copy_plan(tuple(fields), tuple(offsets))
         self._strs = tuple(i for i, item in enumerate(fields) if item.type == "str")
         self._in_order = self._order == tuple(range(2, 2 + len(fields)))
         view.release()
