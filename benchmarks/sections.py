@@ -376,8 +376,9 @@ def _scale(section: Section, process: object, total: int) -> None:
         assert producer.stdout is not None
         producer.stdout.readline()
     after = rss_kib(process.pid)
-    with process.open() as device:
-        listed = len(device.list_sections())
+    device = process.open()
+    listed = len(device.list_sections())
+    device.close(wait=True)  # a reader's close does not wait, and the driver's cleanup would count
     switches = _context_switches(process.pid)
     time.sleep(2.0)
     idle = _context_switches(process.pid) - switches
