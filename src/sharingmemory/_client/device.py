@@ -213,8 +213,9 @@ class Device(DeviceSections):
         return page
 
     def _register_tick_event(self) -> TickEvent:
-        """IOCTL_REGISTER_TICK_EVENT: this handle's tick fd (an eventfd or a pipe's read end,
-        checked), owned by the returned object."""
+        """IOCTL_REGISTER_TICK_EVENT: this handle's tick fd (the driver's channel, or an older
+        driver's eventfd or pipe read end; checked), owned by the returned object. Asked only
+        when the page's futex cannot be waited on (a 1.0 page)."""
         fd = self._call(MajorFunction.IRP_MJ_DEVICE_CONTROL, code=IOCTL_REGISTER_TICK_EVENT).fd
         sock = self._sock
         if fd is None or sock is None:

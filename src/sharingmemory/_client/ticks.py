@@ -6,7 +6,8 @@ page of ABI 1.1 the wait is the page's futex (`futex_wait`: one FUTEX_WAKE per t
 driver, whatever the number of waiters); this module is the wait on a 1.0 driver's page, or
 when the futex registration is refused, with the same guarantees:
 
-* With an eventfd from the driver (`TickEvent`), a reader blocks in poll(2) until the driver
+* With a tick fd from the driver (`TickEvent`: its SEQPACKET channel, or an older driver's
+  eventfd or pipe), a reader blocks in poll(2) until the driver
   signals, then reads the page. The same poll also watches the device socket for POLLRDHUP, so
   a driver that dies without writing state=stopped ends the wait at once with
   DeviceNotConnected instead of a wait that never ends.
@@ -14,11 +15,11 @@ when the futex registration is refused, with the same guarantees:
   which the page itself gives (`monotonic_ns + interval_ns` on the system-wide CLOCK_MONOTONIC),
   then re-reads in short steps until the tick is there.
 
-The eventfd is the client's own (one per handle, see the driver), so no other client can steal
+The tick fd is the client's own (one per handle, see the driver), so no other client can steal
 or fake its wake-ups; a spurious wake-up costs one page read and is otherwise harmless, because
-the page's `tick_count`, not the eventfd's counter, decides whether a tick happened. The fd is
+the page's `tick_count`, not what the fd carries, decides whether a tick happened. The fd is
 treated only as "readable: look at the page" and drained with one 4096-byte read, which serves
-an eventfd (8 bytes) and a pipe (any number of bytes) alike.
+a channel (one byte a wake-up), an eventfd (8 bytes) and a pipe (any number of bytes) alike.
 
 Many waiters, one fd. Threads and asyncio tasks may wait on one page at once. Draining is what
 could lose a wake-up (a waiter that looked at the page, then another waiter drains the signal
@@ -61,8 +62,8 @@ class TickClosedError(ValueError):
 
 
 class TickEvent:
-    """An eventfd or pipe the driver signals at each tick, owned by this object, plus the
-    device socket whose hang-up means the driver is gone. Safe to wait on from several threads
+    """A tick fd (channel, eventfd or pipe) the driver signals at each tick, owned by this
+    object, plus the device socket whose hang-up means the driver is gone. Safe to wait on from several threads
     and event loops at once; `close()` is idempotent and wakes every waiter."""
 
     def __init__(self, fd: Fd, device_fd: int) -> None:
