@@ -1,5 +1,5 @@
 """Publishing and reading a section make no system call; with readers waiting, a publish makes
-exactly one (FUTEX_CMP_REQUEUE: wake one, requeue the rest), however many they are. strace
+exactly one (FUTEX_WAKE of one waiter, who passes it on), however many they are. strace
 counts the calls between two markers."""
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -138,6 +139,7 @@ class DeviceServer(ConnectionHandling):
         self.fds_refused_by_kernel = False
         self._listener_is_ours = listener is None
         self._selector = selectors.DefaultSelector()
+        self._hangups = select.epoll()
         self._stopping: str | None = None
         self._accept_paused = False
         self._armed: int | None = None
@@ -352,6 +354,7 @@ class DeviceServer(ConnectionHandling):
         self._timer.close()
         with contextlib.suppress(OSError, ValueError):
             self._selector.close()
+        self._hangups.close()
         if self._socket_file is not None:
             self._socket_file.close()
             self._socket_file = None
