@@ -2,7 +2,7 @@
 
 Ours, written the obvious way (`with open_device() as d: d.map_shared_memory().read()`) and
 pipelined (`open_device(map=True)`), against a real driver. The floor
-(benchmarks/_floor_server.py and `_floor_cycle` below): connect, one request, one reply with
+(benchmarks/_floor_server.py and `floor_cycle` below): connect, one request, one reply with
 SCM_RIGHTS, mmap, read, close: what any client and server of this design must do at least.
 Both run one cycle after another from this process, against a server in another process.
 """
@@ -10,6 +10,7 @@ Both run one cycle after another from this process, against a server in another 
 from __future__ import annotations
 
 import array
+import contextlib
 import mmap
 import os
 import socket
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sharingmemory import open_device
@@ -40,23 +41,27 @@ GOAL = 1.5
 _FD_SPACE = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
 
 
-def run(config: Config) -> Section:
-    section = Section("open_cycle", "4. Open + map + first read + close, against the design's floor")
-    cycles = 100 if config.smoke else 3_000
+@contextlib.contextmanager
+def floor_server() -> Iterator[str]:
+    """The floor's server (`_floor_server`) on a private socket, ready: its path for the body."""
     with tempfile.TemporaryDirectory(prefix="smbench-floor-") as tmp:
         path = str(Path(tmp) / "floor.sock")
         server = spawn("_floor_server", path, stdin=subprocess.PIPE)
         try:
             assert server.stdout is not None
             server.stdout.readline()
-            floor = _measure(
-                section,
-                "floor: connect, 1 request, 1 reply + SCM_RIGHTS, mmap, close",
-                lambda: _floor_cycle(path),
-                cycles,
-            )
+            yield path
         finally:
             stop(server)
+
+
+def run(config: Config) -> Section:
+    section = Section("open_cycle", "4. Open + map + first read + close, against the design's floor")
+    cycles = 100 if config.smoke else 3_000
+    with floor_server() as path:
+        floor = _measure(
+            section, "floor: connect, 1 request, 1 reply + SCM_RIGHTS, mmap, close", lambda: floor_cycle(path), cycles
+        )
     with driver() as process:
 
         def ours() -> None:
@@ -102,7 +107,7 @@ def _measure(section: Section, name: str, cycle: Callable[[], None], cycles: int
     return typical
 
 
-def _floor_cycle(path: str) -> None:
+def floor_cycle(path: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as sock:
         sock.connect(path)
         sock.send(b"\0" * 24)

@@ -27,8 +27,8 @@ import sharingmemory
 from sharingmemory._defs.section import SEQ_OFFSET
 
 from . import page_waiters
-from ._common import Config, Figure, Section, driver, median, percentile, ratio_figure, seconds_each, spawn, stop
-from .open_cycle import _floor_cycle
+from ._common import Config, Figure, Section, driver, median, percentile, ratio_figure, seconds_each
+from .open_cycle import floor_cycle, floor_server
 
 FIELDS = [sharingmemory.Field(f"f{i}", "f64") for i in range(8)]
 
@@ -332,15 +332,8 @@ def _publish_to_waiters(
 
 
 def _open_cycle(section: Section, socket_path: str, cycles: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="smbench-floor-") as tmp:
-        path = str(Path(tmp) / "floor.sock")
-        server = spawn("_floor_server", path, stdin=subprocess.PIPE)
-        try:
-            assert server.stdout is not None
-            server.stdout.readline()
-            floor = median(seconds_each(lambda: _floor_cycle(path), cycles)) * 1e6
-        finally:
-            stop(server)
+    with floor_server() as path:
+        floor = median(seconds_each(lambda: floor_cycle(path), cycles)) * 1e6
 
     def obvious() -> None:
         with sharingmemory.open_device(socket_path) as device:

@@ -16,6 +16,7 @@ from pathlib import Path
 import sharingmemory
 from sharingmemory import IOCTL_GIVE_ME_YOUR_MEMORY, NtStatus
 from sharingmemory._defs.protocol import MAX_MESSAGE_SIZE, MajorFunction, Reply, Request, decode_reply, encode_request
+from sharingmemory._sys import libc
 from sharingmemory.cli.private_driver import stop_process
 from sharingmemory.winioctl import FILE_READ_DATA
 
@@ -120,6 +121,19 @@ def start_driver(
         yield driver
     finally:
         stop_process(process, STOP_TIMEOUT)
+
+
+def futex_sleepers(pid: int) -> int:
+    """Threads of `pid` asleep in a shared FUTEX_WAIT (op 0: Python's own locks use the
+    PRIVATE ops), that is in a page or section wait; 0 once the process is gone."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                call = (task / "syscall").read_text().split()
+                if call[:1] == [str(libc._SYS_FUTEX)] and call[2:3] == ["0x0"]:
+                    count += 1
+    return count
 
 
 def rss_kib(pid: int) -> int:

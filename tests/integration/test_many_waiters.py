@@ -17,13 +17,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import sharingmemory
 from sharingmemory._sys import libc
-from tests.support import DriverProcess, kill_all, wait_for
+from tests.support import DriverProcess, futex_sleepers, kill_all, wait_for
 
 pytestmark = pytest.mark.skipif(not libc.FUTEX_AVAILABLE, reason="futex syscall number unknown on this machine")
 
@@ -70,17 +69,6 @@ with sharingmemory.open_device(path) as device:
 """
 
 
-def _futex_sleepers(pid: int) -> int:
-    count = 0
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                call = (task / "syscall").read_text().split()
-                if call[:1] == [str(libc._SYS_FUTEX)] and call[2:3] == ["0x0"]:
-                    count += 1
-    return count
-
-
 @contextlib.contextmanager
 def _readers(
     driver: DriverProcess, what: str, shape: list[tuple[int, str, str]]
@@ -107,7 +95,7 @@ def _go_and_sleep(processes: list[subprocess.Popen[str]], shape: list[tuple[int,
         process.stdin.write("go\n")
         process.stdin.flush()
         expected = 1 if mode.startswith("hostile") else threads
-        assert wait_for(lambda p=process, n=expected: _futex_sleepers(p.pid) >= n, timeout=60), "never slept"
+        assert wait_for(lambda p=process, n=expected: futex_sleepers(p.pid) >= n, timeout=60), "never slept"
 
 
 def _counts(processes: list[subprocess.Popen[str]]) -> list[int]:

@@ -9,7 +9,6 @@ threads and asyncio tasks at once, close() from another thread, an older (1.0) p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import mmap
 import os
@@ -26,7 +25,7 @@ import sharingmemory
 from sharingmemory._defs import IOCTL_WAIT_SECTION, MajorFunction, NtStatus, read_snapshot
 from sharingmemory._sys import libc
 from tests.fake_driver import Memfd, fake_driver
-from tests.support import DriverProcess, RawConnection, kill_all, wait_for
+from tests.support import DriverProcess, RawConnection, futex_sleepers, kill_all, wait_for
 
 pytestmark = pytest.mark.skipif(not libc.FUTEX_AVAILABLE, reason="futex syscall number unknown on this machine")
 
@@ -46,18 +45,6 @@ with sharingmemory.open_device(sys.argv[1]) as device:
 def _waiters(page: sharingmemory.SharedPage) -> int:
     assert page._map is not None
     return int(struct.unpack_from("<I", page._map, _WAITERS)[0])
-
-
-def _futex_sleepers(pid: int) -> int:
-    """Threads of `pid` asleep in a shared FUTEX_WAIT (op 0: Python's own locks use the
-    PRIVATE ops), that is in a page or section wait."""
-    count = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            call = (task / "syscall").read_text().split()
-            if call[:1] == [str(libc._SYS_FUTEX)] and call[2:3] == ["0x0"]:
-                count += 1
-    return count
 
 
 def test_the_default_wait_registers_once_on_the_futex_and_asks_for_no_tick_channel(
@@ -204,7 +191,7 @@ def test_close_from_another_thread_wakes_futex_waiters_with_value_error(driver: 
     threads = [threading.Thread(target=work) for _ in range(3)]
     for thread in threads:
         thread.start()
-    assert wait_for(lambda: _futex_sleepers(os.getpid()) >= 3 or len(errors) > 0)
+    assert wait_for(lambda: futex_sleepers(os.getpid()) >= 3 or len(errors) > 0)
     (device if close == "device" else page).close()
     for thread in threads:
         thread.join(30)
