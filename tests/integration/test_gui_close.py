@@ -8,10 +8,12 @@ and the driver left with no mapped handle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,8 +60,10 @@ def button_centre(display_name: str, tmp_path: Path) -> tuple[int, int]:
     return sum(x for x, _ in points) // len(points), sum(y for _, y in points) // len(points)
 
 
-@pytest.mark.parametrize("how", ["Escape", "ctrl+q", "ctrl+shift+q", "button"])
-def test_the_window_closes_and_closes_its_handle(driver: DriverProcess, display: str, tmp_path: Path, how: str) -> None:
+@contextlib.contextmanager
+def _window(driver: DriverProcess, display: str) -> Iterator[tuple[subprocess.Popen[bytes], str, bytes]]:
+    """`sharingmemory gui` on `display`, once it has shown its first tick: the process, its
+    X window id, and its stderr so far. Killed on the way out if the body left it open."""
     env = dict(os.environ, DISPLAY=display)
     with subprocess.Popen(
         gui_command("--socket", driver.socket_path),
@@ -68,18 +72,24 @@ def test_the_window_closes_and_closes_its_handle(driver: DriverProcess, display:
         try:
             log = read_lines_until(process, b" shown: ", 1)
             window = xdotool(display, "search", "--sync", "--onlyvisible", "--class", "sharingmemory").split()[0]
-            if how == "button":
-                x, y = button_centre(display, tmp_path)
-                xdotool(display, "mousemove", "--sync", str(x), str(y), "click", "1")
-            else:
-                xdotool(display, "windowfocus", "--sync", window)
-                xdotool(display, "key", "--clearmodifiers", how)
-            assert process.wait(30) == 0
-            assert process.stderr is not None
-            log += process.stderr.read()
+            yield process, window, log
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+@pytest.mark.parametrize("how", ["Escape", "ctrl+q", "ctrl+shift+q", "button"])
+def test_the_window_closes_and_closes_its_handle(driver: DriverProcess, display: str, tmp_path: Path, how: str) -> None:
+    with _window(driver, display) as (process, window, shown):
+        if how == "button":
+            x, y = button_centre(display, tmp_path)
+            xdotool(display, "mousemove", "--sync", str(x), str(y), "click", "1")
+        else:
+            xdotool(display, "windowfocus", "--sync", window)
+            xdotool(display, "key", "--clearmodifiers", how)
+        assert process.wait(30) == 0
+        assert process.stderr is not None
+        log = shown + process.stderr.read()
     text = log.decode(errors="replace")
     expected = {"Escape": "Esc", "ctrl+q": "Ctrl-Q", "ctrl+shift+q": "Ctrl-Q", "button": "the Close button"}[how]
     assert f"window closed by {expected}" in text, text
@@ -88,22 +98,12 @@ def test_the_window_closes_and_closes_its_handle(driver: DriverProcess, display:
 
 
 def test_other_keys_leave_it_open(driver: DriverProcess, display: str) -> None:
-    env = dict(os.environ, DISPLAY=display)
-    with subprocess.Popen(
-        gui_command("--socket", driver.socket_path),
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    ) as process:  # fmt: skip
-        try:
-            read_lines_until(process, b" shown: ", 1)
-            window = xdotool(display, "search", "--sync", "--onlyvisible", "--class", "sharingmemory").split()[0]
-            xdotool(display, "windowfocus", "--sync", window)
-            for key in ("q", "Q", "ctrl+w", "alt+q", "space", "Return"):
-                xdotool(display, "key", "--clearmodifiers", key)
-            read_lines_until(process, b" shown: ", 1)  # a tick after the keys: still open
-            assert process.poll() is None
-            assert driver.status().mapped_handles == 1
-            xdotool(display, "key", "--clearmodifiers", "Escape")
-            assert process.wait(30) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with _window(driver, display) as (process, window, _log):
+        xdotool(display, "windowfocus", "--sync", window)
+        for key in ("q", "Q", "ctrl+w", "alt+q", "space", "Return"):
+            xdotool(display, "key", "--clearmodifiers", key)
+        read_lines_until(process, b" shown: ", 1)  # a tick after the keys: still open
+        assert process.poll() is None
+        assert driver.status().mapped_handles == 1
+        xdotool(display, "key", "--clearmodifiers", "Escape")
+        assert process.wait(30) == 0
