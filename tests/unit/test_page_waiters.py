@@ -143,3 +143,22 @@ def test_what_a_registration_is_refused(setup: tuple[Driver, FakeClock, Wakes]) 
     writer = _handle(driver, access=FILE_WRITE_DATA, mapped=False)
     assert _wait(driver, writer) == NtStatus.STATUS_ACCESS_DENIED
     assert _count(driver) == 0
+
+
+@pytest.mark.parametrize("errno_", [38, 14])  # ENOSYS (an unknown machine), EFAULT
+def test_a_wake_that_fails_at_every_tick_is_warned_of_once(
+    setup: tuple[Driver, FakeClock, Wakes], caplog: pytest.LogCaptureFixture, errno_: int
+) -> None:
+    driver, clock, _wakes = setup
+
+    def failing(address: int, count: int) -> int:
+        raise OSError(errno_, "no futex here")
+
+    driver.page_waiters._wake = failing
+    _wait(driver, _handle(driver))
+    with caplog.at_level("WARNING", logger="sharingmemory.driver"):
+        for _ in range(50):
+            _tick(driver, clock)
+    assert [r.message for r in caplog.records].count(
+        f"page futex wake failed: [Errno {errno_}] no futex here; waiters wake at the end of their wait slices"
+    ) == 1

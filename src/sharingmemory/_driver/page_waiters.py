@@ -42,6 +42,7 @@ class PageWaiters:
         self._handles: set[int] = set()
         self._writer: PageWriter | None = None
         self._word = 0  # the address of `seq` in the driver's own mapping
+        self._warned = False
 
     def __len__(self) -> int:
         return len(self._handles)
@@ -91,4 +92,6 @@ class PageWaiters:
         try:
             self._wake(self._word, count)
         except OSError as err:  # ENOSYS on an unknown machine: the waiters' slices end their waits
-            log.warning("page futex wake failed: %s", err)
+            if not self._warned:  # once: it would fail the same way at every tick, up to 1,000 a second
+                self._warned = True
+                log.warning("page futex wake failed: %s; waiters wake at the end of their wait slices", err)
