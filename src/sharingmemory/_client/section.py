@@ -285,8 +285,11 @@ class Section:
 
     def _wake(self) -> None:
         """Wake one waiter: the woken pass the wake-up on (`futex_wait`), so a publish costs one
-        system call however many wait."""
-        libc.futex_wake(self._address + SEQ_OFFSET, 1)
+        system call however many wait. The publish is already visible when this runs, so a wake
+        that cannot be made (ENOSYS: a machine whose futex number this library does not know)
+        must not turn it into an exception: the waiters then see it at the end of their slice."""
+        with contextlib.suppress(OSError):
+            libc.futex_wake(self._address + SEQ_OFFSET, 1)
 
     # --- waiting ------------------------------------------------------------------------------
 
